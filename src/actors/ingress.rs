@@ -1,0 +1,101 @@
+//! The `HttpIngress` actor: owns the accept loop on the shared listener.
+//!
+//! The loop runs as a task tied to the actor's state, so if the actor dies
+//! the loop is aborted, and the supervisor's restart starts a new loop on the
+//! same listener: connections already open keep being served by their own
+//! tasks. The actor answers a state query (open connections) and a drain
+//! request used by the shutdown sequence.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::http::AppContext;
+use crate::http::server::{self, DrainRequest, MAX_CONNECTIONS};
+use crate::util::AbortOnDrop;
+
+pub struct HttpIngress;
+
+pub enum IngressMsg {
+    Report(RpcReplyPort<IngressReport>),
+    /// Stop accepting and wait (up to the deadline) for open connections to
+    /// finish; answers whether they all did.
+    Drain(Duration, RpcReplyPort<bool>),
+}
+
+pub struct IngressArgs {
+    pub listener: Arc<TcpListener>,
+    pub ctx: Arc<AppContext>,
+}
+
+pub struct IngressState {
+    connections: Arc<Semaphore>,
+    drain: mpsc::Sender<DrainRequest>,
+    _accept_loop: AbortOnDrop,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IngressReport {
+    pub open_connections: usize,
+    pub max_connections: usize,
+}
+
+impl Actor for HttpIngress {
+    type Msg = IngressMsg;
+    type State = IngressState;
+    type Arguments = IngressArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let (drain, drain_rx) = mpsc::channel(1);
+        let accept_loop = tokio::spawn(server::accept_loop(
+            args.listener,
+            args.ctx,
+            connections.clone(),
+            drain_rx,
+        ));
+        Ok(IngressState {
+            connections,
+            drain,
+            _accept_loop: AbortOnDrop(accept_loop),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            IngressMsg::Report(reply) => {
+                let _ = reply.send(IngressReport {
+                    open_connections: MAX_CONNECTIONS - state.connections.available_permits(),
+                    max_connections: MAX_CONNECTIONS,
+                });
+            }
+            IngressMsg::Drain(deadline, reply) => {
+                let (done, done_rx) = oneshot::channel();
+                let sent = state.drain.send(DrainRequest { deadline, done }).await;
+                // Answer from a task so that state queries stay answerable
+                // while connections drain.
+                tokio::spawn(async move {
+                    let finished = match sent {
+                        Ok(()) => done_rx.await.unwrap_or(false),
+                        Err(_) => true,
+                    };
+                    let _ = reply.send(finished);
+                });
+            }
+        }
+        Ok(())
+    }
+}

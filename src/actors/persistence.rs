@@ -1,0 +1,228 @@
+//! The `Persistence` actor: the only door to PostgreSQL.
+//!
+//! Its mailbox is never the bottleneck: each request is handed to a spawned
+//! task holding a pooled connection and a deadline, and the task answers the
+//! caller's reply port directly. Concurrency is therefore bounded by the pool,
+//! not serialized behind one `handle`, and a hung database costs a request at
+//! most [`OP_TIMEOUT`] before it turns into `Unavailable` (a `503`).
+//!
+//! At start it prepares the schema in the background (create the database if
+//! missing, apply migrations), retrying with a log line while PostgreSQL is
+//! unreachable; until that is done every request answers `Unavailable`. The
+//! "schema is ready" flag belongs to the supervisor, so a restarted
+//! persistence actor does not redo it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+
+use crate::domain::MessageKind;
+use crate::store::{
+    self, AcceptOutcome, AcceptRequest, ListQuery, MessageRef, MessageView, Page, Pool, StoreError,
+};
+use crate::util::AbortOnDrop;
+
+/// Upper bound for one unit of database work, checkout included. Keeps the
+/// `503` of a hung database within the contract's ~3 s.
+pub const OP_TIMEOUT: Duration = Duration::from_millis(2500);
+
+/// How often expired idempotency keys are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(300);
+
+pub struct Persistence;
+
+pub enum PersistenceMsg {
+    Accept(
+        Box<AcceptRequest>,
+        RpcReplyPort<Result<AcceptOutcome, StoreError>>,
+    ),
+    List(ListQuery, RpcReplyPort<Result<Page, StoreError>>),
+    Get(
+        MessageKind,
+        MessageRef,
+        RpcReplyPort<Result<Option<MessageView>, StoreError>>,
+    ),
+    /// A real round trip to the database, for `/healthz`.
+    Ping(RpcReplyPort<Result<(), StoreError>>),
+    Report(RpcReplyPort<PersistenceReport>),
+    /// Sent by the preparation task once the schema is in place.
+    SchemaReady,
+    PurgeExpiredKeys,
+}
+
+pub struct PersistenceArgs {
+    pub pool: Pool,
+    pub pg_config: tokio_postgres::Config,
+    pub schema_ready: Arc<AtomicBool>,
+}
+
+pub struct PersistenceState {
+    pool: Pool,
+    schema_ready: Arc<AtomicBool>,
+    _prepare: Option<AbortOnDrop>,
+    _purge: AbortOnDrop,
+}
+
+/// What the actor says of itself in `/healthz`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PersistenceReport {
+    pub schema_ready: bool,
+    pub pool_connections: u32,
+    pub pool_idle: u32,
+}
+
+impl Actor for Persistence {
+    type Msg = PersistenceMsg;
+    type State = PersistenceState;
+    type Arguments = PersistenceArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let prepare = (!args.schema_ready.load(Ordering::Acquire)).then(|| {
+            let me = myself.clone();
+            let config = args.pg_config.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                prepare_schema(&config).await;
+                let _ = me.cast(PersistenceMsg::SchemaReady);
+            }))
+        });
+        let me = myself.clone();
+        let purge = AbortOnDrop(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PURGE_EVERY);
+            loop {
+                tick.tick().await;
+                if me.cast(PersistenceMsg::PurgeExpiredKeys).is_err() {
+                    break;
+                }
+            }
+        }));
+        Ok(PersistenceState {
+            pool: args.pool,
+            schema_ready: args.schema_ready,
+            _prepare: prepare,
+            _purge: purge,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let ready = state.schema_ready.load(Ordering::Acquire);
+        let pool = state.pool.clone();
+        match msg {
+            PersistenceMsg::Accept(req, reply) => {
+                run(
+                    ready,
+                    reply,
+                    async move { store::accept(&pool, &req).await },
+                );
+            }
+            PersistenceMsg::List(q, reply) => {
+                run(ready, reply, async move { store::list(&pool, &q).await });
+            }
+            PersistenceMsg::Get(kind, at, reply) => {
+                run(
+                    ready,
+                    reply,
+                    async move { store::get(&pool, kind, at).await },
+                );
+            }
+            PersistenceMsg::Ping(reply) => {
+                // The ping works before the schema exists: it reports the
+                // database, not our tables.
+                run(true, reply, async move { store::ping(&pool).await });
+            }
+            PersistenceMsg::Report(reply) => {
+                let pool = state.pool.state();
+                let _ = reply.send(PersistenceReport {
+                    schema_ready: ready,
+                    pool_connections: pool.connections,
+                    pool_idle: pool.idle_connections,
+                });
+            }
+            PersistenceMsg::SchemaReady => {
+                state.schema_ready.store(true, Ordering::Release);
+                state._prepare = None;
+            }
+            PersistenceMsg::PurgeExpiredKeys if ready => {
+                tokio::spawn(async move {
+                    match tokio::time::timeout(OP_TIMEOUT * 4, store::purge_expired_keys(&pool))
+                        .await
+                    {
+                        Ok(Ok(n)) if n > 0 => {
+                            tracing::info!(deleted = n, "purged expired idempotency keys")
+                        }
+                        Ok(Err(e)) => tracing::warn!(error = %e, "purging idempotency keys failed"),
+                        _ => {}
+                    }
+                });
+            }
+            PersistenceMsg::PurgeExpiredKeys => {}
+        }
+        Ok(())
+    }
+}
+
+/// Runs one unit of work in its own task, under [`OP_TIMEOUT`], and answers
+/// the reply port. A caller that gave up is not worked for.
+fn run<T: Send + 'static>(
+    ready: bool,
+    reply: RpcReplyPort<Result<T, StoreError>>,
+    work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) {
+    if !ready {
+        let _ = reply.send(Err(StoreError::Unavailable(
+            "database schema is not ready yet".into(),
+        )));
+        return;
+    }
+    if reply.is_closed() {
+        return;
+    }
+    tokio::spawn(async move {
+        let result = match tokio::time::timeout(OP_TIMEOUT, work).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(
+                "database did not answer in time".into(),
+            )),
+        };
+        let _ = reply.send(result);
+    });
+}
+
+/// Creates the database and applies migrations, retrying until it works.
+async fn prepare_schema(config: &tokio_postgres::Config) {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let attempt = async {
+            store::migrate::ensure_database(config).await?;
+            store::migrate::run(config).await
+        };
+        match tokio::time::timeout(Duration::from_secs(30), attempt).await {
+            Ok(Ok(())) => {
+                tracing::info!("database schema is ready");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database not ready; retrying")
+            }
+            Err(_) => {
+                tracing::warn!(
+                    retry_in_ms = delay.as_millis() as u64,
+                    "database set-up timed out; retrying"
+                )
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,114 @@
+//! Every way a request can fail, and the one place that maps each to a status
+//! code and a JSON body. Client errors carry a message naming the problem;
+//! server errors are logged here once and answered with an opaque body.
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+
+use crate::domain::FieldErrors;
+
+pub type HttpResponse = Response<Full<Bytes>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("validation failed")]
+    Validation(FieldErrors),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("not found")]
+    NotFound(&'static str),
+    #[error("method {method} not allowed")]
+    MethodNotAllowed { method: String, allow: &'static str },
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("unsupported media type {0:?}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unprocessable(&'static str),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    detail: &'a str,
+}
+
+#[derive(Serialize)]
+struct Errors<'a> {
+    errors: &'a FieldErrors,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Validation(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn into_response(self) -> HttpResponse {
+        let status = self.status();
+        let body = match &self {
+            Self::Validation(errors) => serde_json::to_vec(&Errors { errors }),
+            Self::BadRequest(m) => detail(m),
+            Self::NotFound(m) => detail(m),
+            Self::MethodNotAllowed { method, .. } => {
+                detail(&format!("Method \"{method}\" not allowed."))
+            }
+            Self::PayloadTooLarge => detail(&format!(
+                "Request body is larger than {} bytes.",
+                super::MAX_BODY_BYTES
+            )),
+            Self::UnsupportedMediaType(ct) => detail(&format!(
+                "Unsupported media type \"{ct}\" in request. Use application/json."
+            )),
+            Self::Unprocessable(m) => detail(m),
+            Self::Unavailable(m) => {
+                tracing::warn!(reason = %m, "answering 503");
+                detail(&format!("Service temporarily unavailable: {m}"))
+            }
+            Self::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                detail("Internal server error.")
+            }
+        };
+        let mut resp = json_response(status, body.unwrap_or_default());
+        if let Self::MethodNotAllowed { allow, .. } = self {
+            resp.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        resp
+    }
+}
+
+fn detail(message: &str) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&Detail { detail: message })
+}
+
+pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// A `200` (or other) answer with `value` serialized as JSON.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
+    match serde_json::to_vec(value) {
+        Ok(body) => json_response(status, body),
+        Err(e) => ApiError::Internal(format!("serializing a response: {e}")).into_response(),
+    }
+}

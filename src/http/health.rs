@@ -1,0 +1,92 @@
+//! `/livez` (the process runs) and `/healthz` (the service can do its job).
+//!
+//! `/healthz` asks every actor concurrently from the request's own task, each
+//! with its own timeout, so one stuck actor cannot delay the answer past the
+//! contract's 2 s, and a missing answer reads as an error, never as "ok".
+
+use std::collections::BTreeMap;
+
+use hyper::StatusCode;
+use ractor::call_t;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::error::json;
+use super::{AppContext, HttpResponse};
+use crate::actors::persistence::PersistenceMsg;
+use crate::actors::supervisor::SupervisorMsg;
+
+/// Per-actor budget inside `/healthz`; the queries run in parallel.
+const HEALTH_CALL_TIMEOUT_MS: u64 = 1500;
+
+pub fn livez() -> HttpResponse {
+    json(StatusCode::OK, &serde_json::json!({"status": "alive"}))
+}
+
+#[derive(Serialize)]
+struct HealthBody {
+    status: &'static str,
+    checks: BTreeMap<&'static str, String>,
+    actors: BTreeMap<&'static str, Value>,
+}
+
+fn check<T, E: std::fmt::Display>(r: Result<T, E>) -> String {
+    match r {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+pub async fn healthz(ctx: &AppContext) -> HttpResponse {
+    let persistence = ctx.peers.persistence().ok();
+    let supervisor = ctx.peers.supervisor();
+
+    let database = async {
+        let Some(p) = &persistence else {
+            return Err("persistence actor is restarting".to_owned());
+        };
+        match call_t!(p, PersistenceMsg::Ping, HEALTH_CALL_TIMEOUT_MS) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(ractor::RactorErr::Timeout) => Err("timeout".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let persistence_report = async {
+        let p = persistence.as_ref()?;
+        call_t!(p, PersistenceMsg::Report, HEALTH_CALL_TIMEOUT_MS).ok()
+    };
+    let supervisor_report = async {
+        let s = supervisor.as_ref()?;
+        call_t!(s, SupervisorMsg::Report, HEALTH_CALL_TIMEOUT_MS).ok()
+    };
+    let (database, persistence_report, supervisor_report) =
+        tokio::join!(database, persistence_report, supervisor_report);
+
+    let mut checks = BTreeMap::new();
+    checks.insert("database", check(database));
+
+    let to_value = |v: Option<Value>| v.unwrap_or_else(|| Value::String("error: no answer".into()));
+    let mut actors = BTreeMap::new();
+    actors.insert(
+        "supervisor",
+        to_value(supervisor_report.and_then(|r| serde_json::to_value(r).ok())),
+    );
+    actors.insert(
+        "persistence",
+        to_value(persistence_report.and_then(|r| serde_json::to_value(r).ok())),
+    );
+
+    let healthy = checks.values().all(|c| c == "ok");
+    let body = HealthBody {
+        status: if healthy { "healthy" } else { "unhealthy" },
+        checks,
+        actors,
+    };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, &body)
+}

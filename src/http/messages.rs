@@ -1,0 +1,333 @@
+//! `/api/contact/` and `/api/notify/`: accept (POST), list and detail (GET).
+//!
+//! The accept path checks, in order: media type (415), size (413, also for
+//! chunked bodies), JSON syntax and shape (400), the `Idempotency-Key` header
+//! (400), every field (400 with all errors), and only then asks
+//! `Persistence`, so bad input is never stored.
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Request, StatusCode};
+use ractor::call_t;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::error::{json, json_response};
+use super::{ACTOR_CALL_TIMEOUT_MS, ApiError, AppContext, HttpResponse, MAX_BODY_BYTES};
+use crate::actors::persistence::PersistenceMsg;
+use crate::domain::{FieldErrors, IdempotencyKey, MessageKind, NewMessage, Status};
+use crate::store::{AcceptOutcome, AcceptRequest, ListQuery, MessageRef, MessageView, StoreError};
+
+pub const DEFAULT_PAGE_SIZE: u64 = 20;
+pub const MAX_PAGE_SIZE: u64 = 100;
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        if e.is_unavailable() {
+            ApiError::Unavailable(e.to_string())
+        } else {
+            ApiError::Internal(e.to_string())
+        }
+    }
+}
+
+impl<T> From<ractor::RactorErr<T>> for ApiError {
+    fn from(e: ractor::RactorErr<T>) -> Self {
+        ApiError::Unavailable(match e {
+            ractor::RactorErr::Timeout => "the database did not answer in time".into(),
+            _ => "persistence is restarting".into(),
+        })
+    }
+}
+
+pub async fn accept(
+    req: Request<Incoming>,
+    ctx: &AppContext,
+    kind: MessageKind,
+) -> Result<HttpResponse, ApiError> {
+    let key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            IdempotencyKey::parse(v.as_bytes())
+                .map_err(|m| ApiError::Validation(FieldErrors::single("Idempotency-Key", m)))?,
+        ),
+    };
+    let body = read_json_object(req).await?;
+    let message = NewMessage::parse(kind, &body).map_err(ApiError::Validation)?;
+    let request = AcceptRequest {
+        fingerprint: message.fingerprint(),
+        message,
+        key,
+        key_ttl: ctx.config.idempotency_ttl,
+    };
+    let persistence = ctx.peers.persistence()?;
+    let outcome = call_t!(
+        persistence,
+        PersistenceMsg::Accept,
+        ACTOR_CALL_TIMEOUT_MS,
+        Box::new(request)
+    )??;
+    Ok(match outcome {
+        AcceptOutcome::Accepted { status, body } => json_response(code(status), body),
+        AcceptOutcome::Replayed { status, body } => {
+            let mut resp = json_response(code(status), body);
+            resp.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            resp
+        }
+        AcceptOutcome::Conflict(m) => return Err(ApiError::Unprocessable(m)),
+    })
+}
+
+fn code(status: u16) -> StatusCode {
+    StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED)
+}
+
+/// Reads at most [`MAX_BODY_BYTES`] and parses a JSON object.
+async fn read_json_object(
+    req: Request<Incoming>,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence != "application/json" {
+        return Err(ApiError::UnsupportedMediaType(content_type));
+    }
+    // Refuse a declared oversize body without reading it.
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let bytes = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        Err(e) => {
+            return Err(ApiError::BadRequest(format!(
+                "Could not read the body: {e}"
+            )));
+        }
+    };
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(ApiError::BadRequest(format!(
+            "Invalid data. Expected a JSON object, but got {}.",
+            json_type(&other)
+        ))),
+        Err(e) => Err(ApiError::BadRequest(format!("JSON parse error - {e}"))),
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "str",
+        Value::Array(_) => "list",
+        Value::Object(_) => "dict",
+    }
+}
+
+#[derive(Serialize)]
+struct PageBody {
+    count: i64,
+    next: Option<String>,
+    previous: Option<String>,
+    results: Vec<MessageView>,
+}
+
+pub async fn list(
+    req: Request<Incoming>,
+    ctx: &AppContext,
+    kind: MessageKind,
+) -> Result<HttpResponse, ApiError> {
+    let params = QueryParams::parse(req.uri().query().unwrap_or(""));
+    let page = match params.get("page") {
+        None => 1,
+        Some(raw) => raw
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|p| (1..=1_000_000_000).contains(p))
+            .ok_or(ApiError::NotFound("Invalid page."))?,
+    };
+    // As in DRF: a page size that is not a positive number falls back to the
+    // default, and one above the maximum counts as the maximum.
+    let page_size = params
+        .get("page_size")
+        .and_then(|raw| raw.trim().parse::<u64>().ok())
+        .filter(|&n| n > 0)
+        .map_or(DEFAULT_PAGE_SIZE, |n| n.min(MAX_PAGE_SIZE));
+    let status = match params.get("status").map(str::trim) {
+        None | Some("") => None,
+        Some(raw) => Some(Status::parse(raw).ok_or_else(|| {
+            ApiError::Validation(FieldErrors::single(
+                "status",
+                format!(
+                    "Select a valid choice. {raw} is not one of the available choices: queued, sending, sent, failed."
+                ),
+            ))
+        })?),
+    };
+
+    let persistence = ctx.peers.persistence()?;
+    let query = ListQuery {
+        kind,
+        status,
+        page,
+        page_size,
+    };
+    let result = call_t!(
+        persistence,
+        PersistenceMsg::List,
+        ACTOR_CALL_TIMEOUT_MS,
+        query
+    )??;
+    if page > 1 && result.results.is_empty() {
+        return Err(ApiError::NotFound("Invalid page."));
+    }
+    let base = base_url(&req, ctx);
+    let has_next = (page * page_size) < result.count.max(0) as u64;
+    let body = PageBody {
+        count: result.count,
+        next: has_next.then(|| params.url_with_page(&base, Some(page + 1))),
+        previous: (page > 1).then(|| params.url_with_page(&base, (page > 2).then_some(page - 1))),
+        results: result.results,
+    };
+    Ok(json(StatusCode::OK, &body))
+}
+
+pub async fn detail(
+    ctx: &AppContext,
+    kind: MessageKind,
+    raw_id: &str,
+) -> Result<HttpResponse, ApiError> {
+    let at = MessageRef::parse(raw_id).ok_or(ApiError::NotFound("Not found."))?;
+    let persistence = ctx.peers.persistence()?;
+    match call_t!(
+        persistence,
+        PersistenceMsg::Get,
+        ACTOR_CALL_TIMEOUT_MS,
+        kind,
+        at
+    )?? {
+        Some(view) => Ok(json(StatusCode::OK, &view)),
+        None => Err(ApiError::NotFound("Not found.")),
+    }
+}
+
+/// `scheme://host/path` of this request, for the `next`/`previous` links. The
+/// scheme follows `X-Forwarded-Proto` so links stay right behind a TLS proxy.
+fn base_url(req: &Request<Incoming>, ctx: &AppContext) -> String {
+    let scheme = match req
+        .headers()
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("https") => "https",
+        _ => "http",
+    };
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("localhost:{}", ctx.config.port));
+    format!("{scheme}://{host}{}", req.uri().path())
+}
+
+/// The query string as ordered `(name, value)` pairs, decoded.
+struct QueryParams(Vec<(String, String)>);
+
+impl QueryParams {
+    fn parse(query: &str) -> Self {
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        Self(
+            query
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, v)) => (decode(k), decode(v)),
+                    None => (decode(pair), String::new()),
+                })
+                .collect(),
+        )
+    }
+
+    /// The last value given for `name`, as Django's `QueryDict.get` does.
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// This request's URL with `page` replaced (or removed, for page 1).
+    fn url_with_page(&self, base: &str, page: Option<u64>) -> String {
+        let enc = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, crate::util::URL_COMPONENT).to_string()
+        };
+        let mut pairs: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(k, _)| k != "page")
+            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+            .collect();
+        if let Some(p) = page {
+            pairs.push(format!("page={p}"));
+        }
+        if pairs.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", pairs.join("&"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_links_keep_other_parameters() {
+        let q = QueryParams::parse("status=queued&page=2&page_size=5");
+        assert_eq!(q.get("page"), Some("2"));
+        assert_eq!(
+            q.url_with_page("http://h/api/notify/", Some(3)),
+            "http://h/api/notify/?status=queued&page_size=5&page=3"
+        );
+        assert_eq!(
+            q.url_with_page("http://h/api/notify/", None),
+            "http://h/api/notify/?status=queued&page_size=5"
+        );
+        assert_eq!(QueryParams::parse("a=x%20y+z").get("a"), Some("x y z"));
+    }
+}

@@ -1,0 +1,101 @@
+//! email-service: accepts mail requests over HTTP, stores each one durably in
+//! PostgreSQL before answering `202`, and delivers it in the background.
+//!
+//! Layout:
+//! - [`config`]: every setting, parsed and validated once.
+//! - [`domain`]: validated request types, built only through `parse`.
+//! - [`store`]: all SQL (called only by the persistence actor).
+//! - [`actors`]: the supervised actor tree (supervisor, ingress, persistence).
+//! - [`http`]: routing, body handling and error bodies on raw hyper.
+//! - [`telemetry`]: JSON logs and the panic hook.
+//!
+//! [`run`] builds the whole application on a bound listener and runs it until
+//! a shutdown future resolves, so tests start it on port 0 and stop it.
+
+#![forbid(unsafe_code)]
+
+pub mod actors;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod store;
+pub mod telemetry;
+mod util;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::Actor;
+use tokio::net::TcpListener;
+
+use actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
+use config::Config;
+use http::{AppContext, Peers};
+
+/// Connections in the PostgreSQL pool.
+pub const DB_POOL_SIZE: u32 = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("could not start the actor tree: {0}")]
+    Spawn(String),
+    #[error("the supervisor stopped unexpectedly")]
+    SupervisorDied,
+}
+
+/// Runs the service on `listener` until `shutdown` resolves, then drains:
+/// no new connections, in-flight requests finish (up to `SHUTDOWN_TIMEOUT`),
+/// the actors stop in dependency order. Queued messages stay queued in
+/// PostgreSQL for the next start.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let pg_config = store::pg_config(config.database_url.expose())
+        .map_err(|e| RunError::Config(e.to_string()))?;
+    let pool = store::pool(pg_config.clone(), DB_POOL_SIZE);
+    let shutdown_timeout = config.shutdown_timeout;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, backend = ?config.email_backend, "email-service listening");
+    }
+    let ctx = Arc::new(AppContext {
+        config: Arc::new(config),
+        peers: Arc::new(Peers::default()),
+    });
+    let args = SupervisorArgs {
+        listener,
+        ctx,
+        pool,
+        pg_config,
+    };
+    let (supervisor, handle) = Actor::spawn(None, Supervisor, args)
+        .await
+        .map_err(|e| RunError::Spawn(e.to_string()))?;
+
+    tokio::pin!(handle);
+    tokio::select! {
+        _ = shutdown => {}
+        _ = &mut handle => return Err(RunError::SupervisorDied),
+    }
+
+    tracing::info!(
+        timeout_s = shutdown_timeout.as_secs(),
+        "shutting down: draining"
+    );
+    let wait_ms = (shutdown_timeout + Duration::from_secs(5)).as_millis() as u64;
+    let drained = ractor::call_t!(
+        supervisor,
+        SupervisorMsg::Shutdown,
+        wait_ms,
+        shutdown_timeout
+    )
+    .unwrap_or(false);
+    supervisor.stop(None);
+    let _ = handle.await;
+    tracing::info!(drained, "shutdown complete");
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! The `email-service` binary: read the configuration, set up logging, bind
+//! the listener, run until SIGTERM or SIGINT. Everything else is the library.
+
+use std::process::ExitCode;
+
+use email_service::config::Config;
+
+fn main() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("email-service: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    email_service::telemetry::init(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "could not start the async runtime");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let addr = (config.host, config.port);
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(host = %config.host, port = config.port, error = %e, "could not listen");
+                return ExitCode::from(1);
+            }
+        };
+        match email_service::run(config, listener, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "email-service stopped with an error");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+/// Resolves on the first SIGTERM or SIGINT. A second signal exits at once,
+/// for an operator who does not want to wait for the drain.
+async fn shutdown_signal() {
+    wait_for_signal().await;
+    tracing::info!("signal received; a second one exits immediately");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting without draining");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; using Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,510 @@
+//! All SQL of the service. Only the `Persistence` actor calls into this module;
+//! the functions here take a pool and do one unit of work each.
+//!
+//! The accept path commits the message row (status `queued`,
+//! `next_attempt_at = now()`) and its idempotency record in one transaction,
+//! so a `202` always stands for a committed, deliverable message.
+//!
+//! Idempotency has two sources: the `Idempotency-Key` header, kept in
+//! `idempotency_keys` per endpoint until it expires, and a client-chosen body
+//! `uuid`, unique for good in the message table. Both are claimed by an
+//! `INSERT ... ON CONFLICT` whose unique index makes a concurrent duplicate
+//! wait for the first transaction and then see its committed row, which it
+//! replays: "the others wait for it and replay its answer".
+
+pub mod migrate;
+
+use std::time::Duration;
+
+use bb8_postgres::PostgresConnectionManager;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+use crate::domain::{Fingerprint, IdempotencyKey, MessageKind, NewMessage, Status};
+
+pub type Pool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+
+/// How long a request waits for a pooled connection: a down or hung database
+/// must turn into a `503` quickly, not after bb8's default 30 s.
+pub const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Query(#[from] tokio_postgres::Error),
+}
+
+impl From<bb8::RunError<tokio_postgres::Error>> for StoreError {
+    fn from(e: bb8::RunError<tokio_postgres::Error>) -> Self {
+        match e {
+            bb8::RunError::User(e) => Self::Unavailable(e.to_string()),
+            bb8::RunError::TimedOut => {
+                Self::Unavailable("timed out waiting for a connection".into())
+            }
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether the database (not the request) is at fault: the caller answers
+    /// `503` for these. A query error caused by the request itself is a bug,
+    /// because validation runs first.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => true,
+            Self::Query(e) => {
+                e.is_closed()
+                    || e.as_db_error().is_none()
+                    || matches!(
+                        e.code().map(|c| c.code()),
+                        Some(c) if c.starts_with("08") || c.starts_with("57") || c.starts_with("53")
+                    )
+            }
+        }
+    }
+}
+
+/// The connection parameters, with a connect timeout so that a hung server
+/// cannot hold a connection attempt for long.
+pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| StoreError::Unavailable(e.to_string()))?;
+    config.connect_timeout(CHECKOUT_TIMEOUT);
+    config.application_name("email-service");
+    Ok(config)
+}
+
+/// A pool that connects lazily: building it never fails, so the service
+/// starts (and answers `/livez`) while the database is still down.
+pub fn pool(config: tokio_postgres::Config, max_size: u32) -> Pool {
+    bb8::Pool::builder()
+        .max_size(max_size)
+        .connection_timeout(CHECKOUT_TIMEOUT)
+        .build_unchecked(PostgresConnectionManager::new(config, NoTls))
+}
+
+pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
+    let conn = pool.get().await?;
+    conn.simple_query("SELECT 1").await?;
+    Ok(())
+}
+
+// ===== Accept =====
+
+#[derive(Debug, Clone)]
+pub struct AcceptRequest {
+    pub message: NewMessage,
+    pub key: Option<IdempotencyKey>,
+    pub fingerprint: Fingerprint,
+    pub key_ttl: Duration,
+}
+
+/// What the client is answered. `body` is the exact JSON text, so that a
+/// replay is byte-identical to the first answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcceptOutcome {
+    Accepted {
+        status: u16,
+        body: String,
+    },
+    Replayed {
+        status: u16,
+        body: String,
+    },
+    /// The key or uuid was used before with another body.
+    Conflict(&'static str),
+}
+
+#[derive(Serialize)]
+struct AcceptedBody<'a> {
+    id: i64,
+    uuid: Uuid,
+    status: &'static str,
+    message: &'a str,
+}
+
+fn accepted_body(kind: MessageKind, id: i64, uuid: Uuid) -> String {
+    serde_json::to_string(&AcceptedBody {
+        id,
+        uuid,
+        status: Status::Queued.as_str(),
+        message: kind.accepted_message(),
+    })
+    .expect("plain struct serializes")
+}
+
+pub async fn accept(pool: &Pool, req: &AcceptRequest) -> Result<AcceptOutcome, StoreError> {
+    let kind = req.message.kind();
+    let scope = kind.as_str();
+    let hash = req.fingerprint.as_bytes();
+    let mut conn = pool.get().await?;
+    let tx = conn.transaction().await?;
+
+    if let Some(key) = &req.key {
+        // Claims the key, or takes over an expired record. A concurrent
+        // claimer of the same key blocks here until we commit, then gets no
+        // row and replays what we stored.
+        let claimed = tx
+            .query_opt(
+                "INSERT INTO idempotency_keys (scope, key, request_hash, expires_at)
+                 VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+                 ON CONFLICT (scope, key) DO UPDATE
+                   SET request_hash = EXCLUDED.request_hash,
+                       expires_at = EXCLUDED.expires_at,
+                       created_at = now(),
+                       message_id = NULL, response_status = NULL, response_body = NULL
+                   WHERE idempotency_keys.expires_at <= now()
+                 RETURNING 1",
+                &[&scope, &key.as_ref(), &hash, &req.key_ttl.as_secs_f64()],
+            )
+            .await?;
+        if claimed.is_none() {
+            let row = tx
+                .query_one(
+                    "SELECT request_hash, response_status, response_body
+                     FROM idempotency_keys WHERE scope = $1 AND key = $2",
+                    &[&scope, &key.as_ref()],
+                )
+                .await?;
+            tx.rollback().await?;
+            let stored_hash: Vec<u8> = row.try_get(0)?;
+            if stored_hash != hash {
+                return Ok(AcceptOutcome::Conflict(
+                    "Idempotency-Key was already used with a different request body.",
+                ));
+            }
+            let status: Option<i16> = row.try_get(1)?;
+            let body: Option<String> = row.try_get(2)?;
+            return match (status, body) {
+                (Some(status), Some(body)) => Ok(AcceptOutcome::Replayed {
+                    status: status as u16,
+                    body,
+                }),
+                _ => Err(StoreError::Unavailable(
+                    "idempotency record without a response".into(),
+                )),
+            };
+        }
+    }
+
+    let uuid = req.message.uuid().unwrap_or_else(Uuid::new_v4);
+    let inserted = match &req.message {
+        NewMessage::Contact(c) => {
+            tx.query_opt(
+                "INSERT INTO contact_messages (uuid, name, email, message, request_hash, next_attempt_at)
+                 VALUES ($1, $2, $3, $4, $5, now())
+                 ON CONFLICT (uuid) DO NOTHING
+                 RETURNING id",
+                &[&uuid, &c.name, &c.email.as_ref(), &c.message, &hash],
+            )
+            .await?
+        }
+        NewMessage::Notify(n) => {
+            let metadata = n.metadata.clone().map(Value::Object);
+            tx.query_opt(
+                "INSERT INTO notifications
+                   (uuid, recipient, subject, body, html, metadata, request_hash, next_attempt_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+                 ON CONFLICT (uuid) DO NOTHING
+                 RETURNING id",
+                &[
+                    &uuid,
+                    &n.to.as_ref(),
+                    &n.subject,
+                    &n.body,
+                    &n.html,
+                    &metadata,
+                    &hash,
+                ],
+            )
+            .await?
+        }
+    };
+
+    let id: i64 = match inserted {
+        Some(row) => row.try_get(0)?,
+        None => {
+            // The body uuid exists already: the same request is a replay,
+            // another one a conflict.
+            let row = tx
+                .query_one(
+                    &format!(
+                        "SELECT id, request_hash FROM {} WHERE uuid = $1",
+                        table(kind)
+                    ),
+                    &[&uuid],
+                )
+                .await?;
+            tx.rollback().await?;
+            let id: i64 = row.try_get(0)?;
+            let stored_hash: Vec<u8> = row.try_get(1)?;
+            if stored_hash != hash {
+                return Ok(AcceptOutcome::Conflict(
+                    "A message with this uuid already exists with a different request body.",
+                ));
+            }
+            return Ok(AcceptOutcome::Replayed {
+                status: 202,
+                body: accepted_body(kind, id, uuid),
+            });
+        }
+    };
+
+    let body = accepted_body(kind, id, uuid);
+    if let Some(key) = &req.key {
+        tx.execute(
+            "UPDATE idempotency_keys
+             SET message_id = $3, response_status = 202, response_body = $4
+             WHERE scope = $1 AND key = $2",
+            &[&scope, &key.as_ref(), &id, &body],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(AcceptOutcome::Accepted { status: 202, body })
+}
+
+/// Deletes expired idempotency records, a bounded batch at a time.
+pub async fn purge_expired_keys(pool: &Pool) -> Result<u64, StoreError> {
+    let conn = pool.get().await?;
+    Ok(conn
+        .execute(
+            "DELETE FROM idempotency_keys WHERE ctid IN (
+               SELECT ctid FROM idempotency_keys WHERE expires_at <= now() LIMIT 10000)",
+            &[],
+        )
+        .await?)
+}
+
+// ===== Read =====
+
+fn table(kind: MessageKind) -> &'static str {
+    match kind {
+        MessageKind::Contact => "contact_messages",
+        MessageKind::Notify => "notifications",
+    }
+}
+
+/// The columns every view reads, in the order `MessageView::from_row` expects.
+fn columns(kind: MessageKind) -> &'static str {
+    match kind {
+        MessageKind::Contact => {
+            "id, uuid, status, retry_count, error_message, next_attempt_at, sent_at,
+             created_at, updated_at, name, email, message"
+        }
+        MessageKind::Notify => {
+            "id, uuid, status, retry_count, error_message, next_attempt_at, sent_at,
+             created_at, updated_at, recipient, subject, body, html, metadata"
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Content {
+    Contact {
+        name: String,
+        email: String,
+        message: String,
+    },
+    Notify {
+        to: String,
+        subject: String,
+        body: String,
+        html: Option<String>,
+        metadata: Option<Map<String, Value>>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AttemptView {
+    pub number: i32,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+    pub smtp_code: Option<i32>,
+    pub smtp_reply: Option<String>,
+    pub error: Option<String>,
+    pub duration_ms: Option<i64>,
+}
+
+/// A stored message as the API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MessageView {
+    pub id: i64,
+    pub uuid: Uuid,
+    #[serde(flatten)]
+    pub content: Content,
+    pub status: String,
+    pub retry_count: i32,
+    pub error_message: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Vec<AttemptView>>,
+}
+
+impl MessageView {
+    fn from_row(kind: MessageKind, row: &tokio_postgres::Row) -> Result<Self, StoreError> {
+        let content = match kind {
+            MessageKind::Contact => Content::Contact {
+                name: row.try_get(9)?,
+                email: row.try_get(10)?,
+                message: row.try_get(11)?,
+            },
+            MessageKind::Notify => Content::Notify {
+                to: row.try_get(9)?,
+                subject: row.try_get(10)?,
+                body: row.try_get(11)?,
+                html: row.try_get(12)?,
+                metadata: match row.try_get::<_, Option<Value>>(13)? {
+                    Some(Value::Object(m)) => Some(m),
+                    _ => None,
+                },
+            },
+        };
+        Ok(Self {
+            id: row.try_get(0)?,
+            uuid: row.try_get(1)?,
+            status: row.try_get(2)?,
+            retry_count: row.try_get(3)?,
+            error_message: row.try_get(4)?,
+            next_attempt_at: row.try_get(5)?,
+            sent_at: row.try_get(6)?,
+            created_at: row.try_get(7)?,
+            updated_at: row.try_get(8)?,
+            content,
+            attempts: None,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub kind: MessageKind,
+    pub status: Option<Status>,
+    /// 1-based.
+    pub page: u64,
+    pub page_size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub count: i64,
+    pub results: Vec<MessageView>,
+}
+
+pub async fn list(pool: &Pool, q: &ListQuery) -> Result<Page, StoreError> {
+    let conn = pool.get().await?;
+    let status = q.status.map(Status::as_str);
+    let count: i64 = conn
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {} WHERE ($1::text IS NULL OR status = $1)",
+                table(q.kind)
+            ),
+            &[&status],
+        )
+        .await?
+        .try_get(0)?;
+    let offset = ((q.page - 1) * q.page_size) as i64;
+    let rows = conn
+        .query(
+            &format!(
+                "SELECT {} FROM {} WHERE ($1::text IS NULL OR status = $1)
+                 ORDER BY id DESC LIMIT $2 OFFSET $3",
+                columns(q.kind),
+                table(q.kind)
+            ),
+            &[&status, &(q.page_size as i64), &offset],
+        )
+        .await?;
+    let results = rows
+        .iter()
+        .map(|r| MessageView::from_row(q.kind, r))
+        .collect::<Result<_, _>>()?;
+    Ok(Page { count, results })
+}
+
+/// How a client names one message: its number or its uuid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageRef {
+    Id(i64),
+    Uuid(Uuid),
+}
+
+impl MessageRef {
+    pub fn parse(raw: &str) -> Option<Self> {
+        if let Ok(id) = raw.parse::<i64>() {
+            return (id > 0).then_some(Self::Id(id));
+        }
+        Uuid::parse_str(raw).ok().map(Self::Uuid)
+    }
+}
+
+pub async fn get(
+    pool: &Pool,
+    kind: MessageKind,
+    at: MessageRef,
+) -> Result<Option<MessageView>, StoreError> {
+    let conn = pool.get().await?;
+    let row = match at {
+        MessageRef::Id(id) => {
+            conn.query_opt(
+                &format!(
+                    "SELECT {} FROM {} WHERE id = $1",
+                    columns(kind),
+                    table(kind)
+                ),
+                &[&id],
+            )
+            .await?
+        }
+        MessageRef::Uuid(uuid) => {
+            conn.query_opt(
+                &format!(
+                    "SELECT {} FROM {} WHERE uuid = $1",
+                    columns(kind),
+                    table(kind)
+                ),
+                &[&uuid],
+            )
+            .await?
+        }
+    };
+    let Some(row) = row else { return Ok(None) };
+    let mut view = MessageView::from_row(kind, &row)?;
+    let attempts = conn
+        .query(
+            "SELECT number, started_at, finished_at, outcome, smtp_code, smtp_reply, error, duration_ms
+             FROM delivery_attempts WHERE kind = $1 AND message_id = $2 ORDER BY number",
+            &[&kind.as_str(), &view.id],
+        )
+        .await?;
+    view.attempts = Some(
+        attempts
+            .iter()
+            .map(|r| {
+                Ok(AttemptView {
+                    number: r.try_get(0)?,
+                    started_at: r.try_get(1)?,
+                    finished_at: r.try_get(2)?,
+                    outcome: r.try_get(3)?,
+                    smtp_code: r.try_get(4)?,
+                    smtp_reply: r.try_get(5)?,
+                    error: r.try_get(6)?,
+                    duration_ms: r.try_get(7)?,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?,
+    );
+    Ok(Some(view))
+}
