@@ -17,7 +17,11 @@
 pub mod actors;
 pub mod config;
 pub mod domain;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 pub mod http;
+pub mod mail;
+pub mod queue;
 pub mod store;
 pub mod telemetry;
 mod util;
@@ -58,6 +62,14 @@ pub async fn run(
     let pg_config = store::pg_config(config.database_url.expose())
         .map_err(|e| RunError::Config(e.to_string()))?;
     let pool = store::pool(pg_config.clone(), DB_POOL_SIZE);
+    let queue = queue::Queue::new(config.redis_url.expose(), &config.redis_key_prefix)
+        .map_err(|e| RunError::Config(format!("REDIS_URL: {e}")))?;
+    let backend = mail::Backend::from_config(&config).map_err(RunError::Config)?;
+    if config.api_tokens.is_empty() {
+        tracing::warn!(
+            "API_TOKEN is not set: the internal endpoints are open to anyone who can reach this port"
+        );
+    }
     let shutdown_timeout = config.shutdown_timeout;
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, backend = ?config.email_backend, "email-service listening");
@@ -71,6 +83,8 @@ pub async fn run(
         ctx,
         pool,
         pg_config,
+        queue,
+        backend,
     };
     let (supervisor, handle) = Actor::spawn(None, Supervisor, args)
         .await

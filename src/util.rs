@@ -6,9 +6,9 @@ use tokio::task::JoinHandle;
 /// (a stop, or a panic that ractor caught) the task is aborted with it, so a
 /// crashed actor leaves no orphan loop behind.
 #[derive(Debug)]
-pub struct AbortOnDrop(pub JoinHandle<()>);
+pub struct AbortOnDrop<T = ()>(pub JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

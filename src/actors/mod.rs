@@ -5,9 +5,13 @@
 //! ```text
 //! Supervisor
 //! ├── Persistence   (PostgreSQL, the source of truth)
+//! ├── Dispatcher    (Redis stream + retry schedule; hands jobs to mailers)
+//! ├── Mailer × N    (one send at a time each)
 //! └── HttpIngress   (accept loop, one task per connection)
 //! ```
 
+pub mod dispatcher;
 pub mod ingress;
+pub mod mailer;
 pub mod persistence;
 pub mod supervisor;

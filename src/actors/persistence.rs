@@ -19,7 +19,11 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 
+use uuid::Uuid;
+
+use crate::config::RetryPolicy;
 use crate::domain::MessageKind;
+use crate::store::delivery::{self, AttemptResult, MailJob, Settled};
 use crate::store::{
     self, AcceptOutcome, AcceptRequest, ListQuery, MessageRef, MessageView, Page, Pool, StoreError,
 };
@@ -45,6 +49,23 @@ pub enum PersistenceMsg {
         MessageRef,
         RpcReplyPort<Result<Option<MessageView>, StoreError>>,
     ),
+    Claim(
+        Vec<(MessageKind, i64)>,
+        Uuid,
+        Duration,
+        RpcReplyPort<Result<Vec<MailJob>, StoreError>>,
+    ),
+    Finish(
+        Box<MailJob>,
+        Box<AttemptResult>,
+        RpcReplyPort<Result<Option<Settled>, StoreError>>,
+    ),
+    ReclaimExpired(RpcReplyPort<Result<Vec<Settled>, StoreError>>),
+    Overdue(
+        Duration,
+        i64,
+        RpcReplyPort<Result<Vec<(MessageKind, i64)>, StoreError>>,
+    ),
     /// A real round trip to the database, for `/healthz`.
     Ping(RpcReplyPort<Result<(), StoreError>>),
     Report(RpcReplyPort<PersistenceReport>),
@@ -57,10 +78,12 @@ pub struct PersistenceArgs {
     pub pool: Pool,
     pub pg_config: tokio_postgres::Config,
     pub schema_ready: Arc<AtomicBool>,
+    pub retry: RetryPolicy,
 }
 
 pub struct PersistenceState {
     pool: Pool,
+    retry: RetryPolicy,
     schema_ready: Arc<AtomicBool>,
     _prepare: Option<AbortOnDrop>,
     _purge: AbortOnDrop,
@@ -104,6 +127,7 @@ impl Actor for Persistence {
         }));
         Ok(PersistenceState {
             pool: args.pool,
+            retry: args.retry,
             schema_ready: args.schema_ready,
             _prepare: prepare,
             _purge: purge,
@@ -135,6 +159,28 @@ impl Actor for Persistence {
                     reply,
                     async move { store::get(&pool, kind, at).await },
                 );
+            }
+            PersistenceMsg::Claim(jobs, token, lease, reply) => {
+                run(ready, reply, async move {
+                    delivery::claim(&pool, &jobs, token, lease).await
+                });
+            }
+            PersistenceMsg::Finish(job, result, reply) => {
+                let retry = state.retry.clone();
+                run(ready, reply, async move {
+                    delivery::finish(&pool, &job, &result, &retry).await
+                });
+            }
+            PersistenceMsg::ReclaimExpired(reply) => {
+                let retry = state.retry.clone();
+                run(ready, reply, async move {
+                    delivery::reclaim_expired(&pool, &retry).await
+                });
+            }
+            PersistenceMsg::Overdue(grace, limit, reply) => {
+                run(ready, reply, async move {
+                    delivery::overdue(&pool, grace, limit).await
+                });
             }
             PersistenceMsg::Ping(reply) => {
                 // The ping works before the schema exists: it reports the

@@ -13,26 +13,42 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use super::dispatcher::{Dispatcher, DispatcherArgs, DispatcherMsg};
 use super::ingress::{HttpIngress, IngressArgs, IngressMsg};
+use super::mailer::{Mailer, MailerArgs, MailerMsg, MailerStats};
 use super::persistence::{Persistence, PersistenceArgs, PersistenceMsg};
 use crate::http::AppContext;
+use crate::mail::Backend;
+use crate::queue::Queue;
 use crate::store::Pool;
 
 pub struct Supervisor;
 
 /// The children, by role. Each role has at most one live actor at a time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Child {
-    HttpIngress,
     Persistence,
+    Dispatcher,
+    Mailer(usize),
+    HttpIngress,
+}
+
+impl Child {
+    pub fn name(self) -> String {
+        match self {
+            Self::Persistence => "persistence".into(),
+            Self::Dispatcher => "dispatcher".into(),
+            Self::Mailer(i) => format!("mailer-{i}"),
+            Self::HttpIngress => "http_ingress".into(),
+        }
+    }
 }
 
 pub enum SupervisorMsg {
@@ -48,6 +64,8 @@ pub struct SupervisorArgs {
     pub ctx: Arc<AppContext>,
     pub pool: Pool,
     pub pg_config: tokio_postgres::Config,
+    pub queue: Queue,
+    pub backend: Backend,
 }
 
 pub struct SupervisorState {
@@ -55,9 +73,14 @@ pub struct SupervisorState {
     ctx: Arc<AppContext>,
     pool: Pool,
     pg_config: tokio_postgres::Config,
+    queue: Queue,
+    backend: Backend,
     schema_ready: Arc<AtomicBool>,
+    mailer_stats: Vec<Arc<MailerStats>>,
     ingress: Option<ActorRef<IngressMsg>>,
     persistence: Option<ActorRef<PersistenceMsg>>,
+    dispatcher: Option<ActorRef<DispatcherMsg>>,
+    mailers: Vec<Option<ActorRef<MailerMsg>>>,
     health: BTreeMap<Child, ChildHealth>,
     shutting_down: bool,
 }
@@ -74,7 +97,8 @@ pub struct ChildHealth {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SupervisorReport {
-    pub children: BTreeMap<Child, ChildHealth>,
+    /// By child name (`persistence`, `dispatcher`, `mailer-0`, …).
+    pub children: BTreeMap<String, ChildHealth>,
 }
 
 /// A failure this long after the previous one starts a new backoff streak.
@@ -87,12 +111,37 @@ fn backoff(streak: u32) -> Duration {
 impl SupervisorState {
     fn child_of(&self, cell: &ActorCell) -> Option<Child> {
         let id = cell.get_id();
-        if self.ingress.as_ref().is_some_and(|a| a.get_id() == id) {
+        let is = |a: Option<ActorCell>| a.is_some_and(|a| a.get_id() == id);
+        if is(self.ingress.as_ref().map(|a| a.get_cell())) {
             Some(Child::HttpIngress)
-        } else if self.persistence.as_ref().is_some_and(|a| a.get_id() == id) {
+        } else if is(self.persistence.as_ref().map(|a| a.get_cell())) {
             Some(Child::Persistence)
+        } else if is(self.dispatcher.as_ref().map(|a| a.get_cell())) {
+            Some(Child::Dispatcher)
         } else {
-            None
+            self.mailers
+                .iter()
+                .position(|m| is(m.as_ref().map(|a| a.get_cell())))
+                .map(Child::Mailer)
+        }
+    }
+
+    /// Forgets a child that exited, everywhere it was known.
+    fn forget(&mut self, child: Child) {
+        match child {
+            Child::HttpIngress => self.ingress = None,
+            Child::Persistence => self.persistence = None,
+            Child::Dispatcher => {
+                self.dispatcher = None;
+                self.ctx.peers.set_dispatcher(None);
+            }
+            Child::Mailer(i) => {
+                self.mailers[i] = None;
+                self.ctx.peers.set_mailer(i, None);
+            }
+        }
+        if let Some(h) = self.health.get_mut(&child) {
+            h.alive = false;
         }
     }
 
@@ -119,11 +168,39 @@ impl SupervisorState {
                     pool: self.pool.clone(),
                     pg_config: self.pg_config.clone(),
                     schema_ready: self.schema_ready.clone(),
+                    retry: self.ctx.config.retry.clone(),
                 };
                 let (actor, _) =
                     Actor::spawn_linked(None, Persistence, args, myself.get_cell()).await?;
                 self.ctx.peers.set_persistence(actor.clone());
                 self.persistence = Some(actor);
+            }
+            Child::Dispatcher => {
+                let args = DispatcherArgs {
+                    config: self.ctx.config.clone(),
+                    peers: self.ctx.peers.clone(),
+                    queue: self.queue.clone(),
+                    mailers: self.mailers.len(),
+                };
+                let (actor, _) =
+                    Actor::spawn_linked(None, Dispatcher, args, myself.get_cell()).await?;
+                self.ctx.peers.set_dispatcher(Some(actor.clone()));
+                self.dispatcher = Some(actor);
+            }
+            Child::Mailer(i) => {
+                let args = MailerArgs {
+                    index: i,
+                    backend: self.backend.clone(),
+                    config: self.ctx.config.clone(),
+                    peers: self.ctx.peers.clone(),
+                    stats: self.mailer_stats[i].clone(),
+                };
+                let (actor, _) = Actor::spawn_linked(None, Mailer, args, myself.get_cell()).await?;
+                self.ctx.peers.set_mailer(i, Some(actor.clone()));
+                self.mailers[i] = Some(actor);
+                if let Some(d) = &self.dispatcher {
+                    let _ = d.cast(DispatcherMsg::MailerUp(i));
+                }
             }
         }
         self.health.entry(child).or_default().alive = true;
@@ -142,19 +219,30 @@ impl Actor for Supervisor {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         args.ctx.peers.set_supervisor(myself.clone());
+        let workers = args.ctx.config.mailer_workers;
         let mut state = SupervisorState {
             listener: Some(Arc::new(args.listener)),
             ctx: args.ctx,
             pool: args.pool,
             pg_config: args.pg_config,
+            queue: args.queue,
+            backend: args.backend,
             schema_ready: Arc::new(AtomicBool::new(false)),
+            mailer_stats: (0..workers).map(|_| Arc::default()).collect(),
             ingress: None,
             persistence: None,
+            dispatcher: None,
+            mailers: vec![None; workers],
             health: BTreeMap::new(),
             shutting_down: false,
         };
-        // Dependencies first: the ingress needs persistence to answer.
+        // Dependencies first: mailers report to the dispatcher, which asks
+        // persistence; the ingress needs all of them to answer.
         state.spawn(&myself, Child::Persistence).await?;
+        for i in 0..workers {
+            state.spawn(&myself, Child::Mailer(i)).await?;
+        }
+        state.spawn(&myself, Child::Dispatcher).await?;
         state.spawn(&myself, Child::HttpIngress).await?;
         Ok(state)
     }
@@ -168,7 +256,11 @@ impl Actor for Supervisor {
         match msg {
             SupervisorMsg::Report(reply) => {
                 let _ = reply.send(SupervisorReport {
-                    children: state.health.clone(),
+                    children: state
+                        .health
+                        .iter()
+                        .map(|(c, h)| (c.name(), h.clone()))
+                        .collect(),
                 });
             }
             SupervisorMsg::Respawn(child) => {
@@ -176,10 +268,20 @@ impl Actor for Supervisor {
                     return Ok(());
                 }
                 if let Err(e) = state.spawn(&myself, child).await {
-                    tracing::error!(?child, error = %e, "restart failed; trying again");
+                    tracing::error!(child = %child.name(), error = %e, "restart failed; trying again");
                     schedule_restart(&myself, state, child);
                 } else {
-                    tracing::info!(?child, "child restarted");
+                    tracing::info!(child = %child.name(), "child restarted");
+                    if child == Child::Dispatcher {
+                        // A new dispatcher starts with every slot unknown.
+                        for (i, m) in state.mailers.iter().enumerate() {
+                            if m.is_some()
+                                && let Some(d) = &state.dispatcher
+                            {
+                                let _ = d.cast(DispatcherMsg::MailerUp(i));
+                            }
+                        }
+                    }
                 }
             }
             SupervisorMsg::Shutdown(deadline, reply) => {
@@ -189,20 +291,31 @@ impl Actor for Supervisor {
                 // connections.
                 state.listener = None;
                 let mut drained = true;
+                let started = Instant::now();
+                let left = || deadline.saturating_sub(started.elapsed());
+                let wait_ms = |d: Duration| d.as_millis() as u64 + 1000;
+                // 1. No new requests; in-flight ones finish (they may still
+                //    need persistence and the dispatcher).
                 if let Some(ingress) = state.ingress.take() {
-                    let wait_ms = deadline.as_millis() as u64 + 1000;
-                    drained = ractor::call_t!(ingress, IngressMsg::Drain, wait_ms, deadline)
+                    let d = left();
+                    drained &=
+                        ractor::call_t!(ingress, IngressMsg::Drain, wait_ms(d), d).unwrap_or(false);
+                    stop(ingress.get_cell()).await;
+                }
+                // 2. No new jobs; sends in flight finish and are recorded.
+                if let Some(dispatcher) = state.dispatcher.take() {
+                    let d = left();
+                    drained &= ractor::call_t!(dispatcher, DispatcherMsg::Drain, wait_ms(d), d)
                         .unwrap_or(false);
-                    ingress
-                        .stop_and_wait(None, Some(Duration::from_secs(2)))
-                        .await
-                        .ok();
+                    stop(dispatcher.get_cell()).await;
+                }
+                // 3. Mailers are idle now (or past the deadline), then the
+                //    database goes last.
+                for mailer in state.mailers.iter_mut().filter_map(Option::take) {
+                    stop(mailer.get_cell()).await;
                 }
                 if let Some(persistence) = state.persistence.take() {
-                    persistence
-                        .stop_and_wait(None, Some(Duration::from_secs(2)))
-                        .await
-                        .ok();
+                    stop(persistence.get_cell()).await;
                 }
                 let _ = reply.send(drained);
             }
@@ -227,20 +340,30 @@ impl Actor for Supervisor {
         let Some(child) = state.child_of(cell) else {
             return Ok(());
         };
-        match child {
-            Child::HttpIngress => state.ingress = None,
-            Child::Persistence => state.persistence = None,
-        }
-        if let Some(h) = state.health.get_mut(&child) {
-            h.alive = false;
-        }
+        state.forget(child);
         if state.shutting_down {
             return Ok(());
         }
-        tracing::error!(?child, %reason, "child actor exited; restarting");
+        tracing::error!(child = %child.name(), %reason, "child actor exited; restarting");
+        if let Child::Mailer(i) = child {
+            state.mailer_stats[i]
+                .restarts
+                .fetch_add(1, Ordering::Relaxed);
+            // The dispatcher holds the job this mailer was sending: it
+            // records a crash attempt and schedules the retry.
+            if let Some(d) = &state.dispatcher {
+                let _ = d.cast(DispatcherMsg::MailerDown(i, reason.clone()));
+            }
+        }
         schedule_restart(&myself, state, child);
         Ok(())
     }
+}
+
+/// Stops a child and waits a little for it; a child that does not stop in
+/// time is killed by the supervisor's own stop afterwards.
+async fn stop(cell: ActorCell) {
+    let _ = cell.stop_and_wait(None, Some(Duration::from_secs(2))).await;
 }
 
 fn schedule_restart(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState, child: Child) {

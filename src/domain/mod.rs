@@ -35,6 +35,14 @@ impl MessageKind {
         }
     }
 
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "contact" => Some(Self::Contact),
+            "notify" => Some(Self::Notify),
+            _ => None,
+        }
+    }
+
     /// The sentence in the `202` body, as the Django service wrote it.
     pub fn accepted_message(self) -> &'static str {
         match self {

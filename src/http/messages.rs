@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::error::{json, json_response};
 use super::{ACTOR_CALL_TIMEOUT_MS, ApiError, AppContext, HttpResponse, MAX_BODY_BYTES};
+use crate::actors::dispatcher::DispatcherMsg;
 use crate::actors::persistence::PersistenceMsg;
 use crate::domain::{FieldErrors, IdempotencyKey, MessageKind, NewMessage, Status};
 use crate::store::{AcceptOutcome, AcceptRequest, ListQuery, MessageRef, MessageView, StoreError};
@@ -69,7 +70,15 @@ pub async fn accept(
         Box::new(request)
     )??;
     Ok(match outcome {
-        AcceptOutcome::Accepted { status, body } => json_response(code(status), body),
+        AcceptOutcome::Accepted { status, body, id } => {
+            // Wake a mailer now. If this is lost (Redis down, dispatcher
+            // restarting) the message is still committed as due, and the
+            // reconciler re-feeds it from PostgreSQL.
+            if let Some(d) = ctx.peers.dispatcher() {
+                let _ = d.cast(DispatcherMsg::Enqueue(kind, id));
+            }
+            json_response(code(status), body)
+        }
         AcceptOutcome::Replayed { status, body } => {
             let mut resp = json_response(code(status), body);
             resp.headers_mut()

@@ -23,6 +23,8 @@ use ractor::ActorRef;
 
 pub use error::{ApiError, HttpResponse};
 
+use crate::actors::dispatcher::DispatcherMsg;
+use crate::actors::mailer::MailerMsg;
 use crate::actors::persistence::PersistenceMsg;
 use crate::actors::supervisor::SupervisorMsg;
 use crate::config::Config;
@@ -41,9 +43,41 @@ pub const ACTOR_CALL_TIMEOUT_MS: u64 = 3000;
 pub struct Peers {
     persistence: RwLock<Option<ActorRef<PersistenceMsg>>>,
     supervisor: RwLock<Option<ActorRef<SupervisorMsg>>>,
+    dispatcher: RwLock<Option<ActorRef<DispatcherMsg>>>,
+    mailers: RwLock<Vec<Option<ActorRef<MailerMsg>>>>,
+}
+
+/// Reads a lock that a panicking writer may have poisoned: the data (an
+/// actor address) is always whole, so poisoning carries no meaning here.
+fn read<T: Clone>(lock: &RwLock<T>) -> T {
+    lock.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 impl Peers {
+    pub fn set_dispatcher(&self, actor: Option<ActorRef<DispatcherMsg>>) {
+        *self.dispatcher.write().unwrap_or_else(|e| e.into_inner()) = actor;
+    }
+
+    pub fn dispatcher(&self) -> Option<ActorRef<DispatcherMsg>> {
+        read(&self.dispatcher)
+    }
+
+    pub fn set_mailer(&self, index: usize, actor: Option<ActorRef<MailerMsg>>) {
+        let mut mailers = self.mailers.write().unwrap_or_else(|e| e.into_inner());
+        if mailers.len() <= index {
+            mailers.resize(index + 1, None);
+        }
+        mailers[index] = actor;
+    }
+
+    pub fn mailer(&self, index: usize) -> Option<ActorRef<MailerMsg>> {
+        read(&self.mailers).get(index).cloned().flatten()
+    }
+
+    pub fn mailers(&self) -> Vec<Option<ActorRef<MailerMsg>>> {
+        read(&self.mailers)
+    }
+
     pub fn set_persistence(&self, actor: ActorRef<PersistenceMsg>) {
         *self.persistence.write().unwrap_or_else(|e| e.into_inner()) = Some(actor);
     }
@@ -53,18 +87,12 @@ impl Peers {
     }
 
     pub fn persistence(&self) -> Result<ActorRef<PersistenceMsg>, ApiError> {
-        self.persistence
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        read(&self.persistence)
             .ok_or_else(|| ApiError::Unavailable("persistence is restarting".into()))
     }
 
     pub fn supervisor(&self) -> Option<ActorRef<SupervisorMsg>> {
-        self.supervisor
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        read(&self.supervisor)
     }
 }
 

@@ -12,6 +12,7 @@
 //! wait for the first transaction and then see its committed row, which it
 //! replays: "the others wait for it and replay its answer".
 
+pub mod delivery;
 pub mod migrate;
 
 use std::time::Duration;
@@ -112,6 +113,7 @@ pub enum AcceptOutcome {
     Accepted {
         status: u16,
         body: String,
+        id: i64,
     },
     Replayed {
         status: u16,
@@ -267,7 +269,11 @@ pub async fn accept(pool: &Pool, req: &AcceptRequest) -> Result<AcceptOutcome, S
         .await?;
     }
     tx.commit().await?;
-    Ok(AcceptOutcome::Accepted { status: 202, body })
+    Ok(AcceptOutcome::Accepted {
+        status: 202,
+        body,
+        id,
+    })
 }
 
 /// Deletes expired idempotency records, a bounded batch at a time.
@@ -284,7 +290,7 @@ pub async fn purge_expired_keys(pool: &Pool) -> Result<u64, StoreError> {
 
 // ===== Read =====
 
-fn table(kind: MessageKind) -> &'static str {
+pub(crate) fn table(kind: MessageKind) -> &'static str {
     match kind {
         MessageKind::Contact => "contact_messages",
         MessageKind::Notify => "notifications",

@@ -1,0 +1,685 @@
+//! The `Dispatcher` actor: hands due jobs to idle mailers, one job per mailer
+//! at a time, and owns the retry schedule.
+//!
+//! A job's path: a wake-up in the Redis stream (written after the accept
+//! commit, by the retry promoter, or by the reconciler) → a conditional
+//! claim in PostgreSQL (status `sending`, a lease) → an idle mailer → the
+//! outcome written back through `Persistence` → the stream entry acknowledged
+//! and, for a retry, a member in the Redis schedule.
+//!
+//! The dispatcher never waits on I/O inside `handle`: every Redis and
+//! PostgreSQL step runs in a task that reports back as a message, so state
+//! queries (`/healthz`) are answered at once. The dispatcher, not the mailer,
+//! holds the claimed job, so a mailer crash is turned into a recorded `crash`
+//! attempt and a scheduled retry.
+//!
+//! A timer drives the background duties: promote due retries every
+//! [`TICK`], and every [`RECONCILE_EVERY`] reclaim expired leases (a process
+//! died mid-send) and re-feed from PostgreSQL what has been due for longer
+//! than [`OVERDUE_GRACE`] (Redis lost it). That bounds how late a message can
+//! be after any failure of Redis, a timer or the process.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+
+use super::mailer::MailerMsg;
+use super::persistence::PersistenceMsg;
+use crate::config::Config;
+use crate::domain::MessageKind;
+use crate::http::Peers;
+use crate::queue::{self, Entry, Queue};
+use crate::store::delivery::{AttemptResult, MailJob, Outcome, Settled};
+use crate::util::AbortOnDrop;
+
+/// How often due retries are promoted.
+pub const TICK: Duration = Duration::from_millis(250);
+/// How often leases and PostgreSQL are reconciled with Redis.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+/// A message due for this long without being claimed is re-fed from
+/// PostgreSQL.
+pub const OVERDUE_GRACE: Duration = Duration::from_secs(5);
+/// Stream entries left pending by a dead consumer are dropped after this.
+const STALE_PENDING: Duration = Duration::from_secs(120);
+/// Budget for one persistence call made by the dispatcher.
+const PERSISTENCE_CALL_MS: u64 = 5000;
+
+pub struct Dispatcher;
+
+pub enum DispatcherMsg {
+    /// A message was just committed as due: wake a mailer for it.
+    Enqueue(MessageKind, i64),
+    MailerUp(usize),
+    /// The supervisor saw mailer `index` fail; its job, if any, crashed.
+    MailerDown(usize, String),
+    /// A mailer finished its attempt.
+    /// Carries the job itself, so that an outcome reaching a dispatcher
+    /// that did not hand the job out (it was restarted meanwhile) is still
+    /// recorded.
+    JobFinished {
+        mailer: usize,
+        job: Box<MailJob>,
+        result: Box<AttemptResult>,
+    },
+    Ping(RpcReplyPort<Result<(), String>>),
+    Report(RpcReplyPort<DispatcherReport>),
+    /// Stop taking work; answer once in-flight jobs are recorded or at the
+    /// deadline (with whether everything finished).
+    Drain(Duration, RpcReplyPort<bool>),
+
+    // ----- reports from the dispatcher's own tasks -----
+    Read(Result<Vec<Entry>, redis::RedisError>),
+    Claimed(Vec<Entry>, Result<Vec<MailJob>, String>),
+    Recorded(Option<String>, Option<Settled>),
+    Flushed,
+    Tick,
+    TickDone(Option<(u64, u64)>),
+    DrainDeadline,
+}
+
+pub struct DispatcherArgs {
+    pub config: Arc<Config>,
+    pub peers: Arc<Peers>,
+    pub queue: Queue,
+    pub mailers: usize,
+}
+
+/// A claimed job and the stream entry that woke it (none when the job
+/// reached us without one, e.g. after a restart of the dispatcher).
+struct InFlight {
+    entry: Option<String>,
+    job: MailJob,
+    started: Instant,
+}
+
+#[derive(Default)]
+struct MailerSlot {
+    up: bool,
+    job: Option<InFlight>,
+}
+
+pub struct DispatcherState {
+    config: Arc<Config>,
+    peers: Arc<Peers>,
+    queue: Queue,
+    consumer: String,
+    slots: Vec<MailerSlot>,
+    /// Claimed, waiting for a mailer (a mailer went down after the claim).
+    waiting: VecDeque<InFlight>,
+    reading: bool,
+    claiming: usize,
+    recording: usize,
+    to_enqueue: Vec<(MessageKind, i64)>,
+    flushing: bool,
+    ticking: bool,
+    last_reconcile: Instant,
+    last_reap: Instant,
+    depth: Option<(u64, u64)>,
+    redis_error: Option<String>,
+    draining: Option<RpcReplyPort<bool>>,
+    stopped: bool,
+    _timer: AbortOnDrop,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DispatcherReport {
+    /// Entries in the ready stream (unread or in progress), at the last tick.
+    pub queue_depth: Option<u64>,
+    pub scheduled_retries: Option<u64>,
+    pub in_flight: usize,
+    pub idle_mailers: usize,
+    pub redis_error: Option<String>,
+    pub draining: bool,
+}
+
+impl Actor for Dispatcher {
+    type Msg = DispatcherMsg;
+    type State = DispatcherState;
+    type Arguments = DispatcherArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let me = myself.clone();
+        let timer = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if me.cast(DispatcherMsg::Tick).is_err() {
+                    break;
+                }
+            }
+        });
+        let slots = (0..args.mailers).map(|_| MailerSlot::default()).collect();
+        Ok(DispatcherState {
+            config: args.config,
+            peers: args.peers,
+            queue: args.queue,
+            consumer: format!("dispatcher-{}", uuid::Uuid::new_v4().simple()),
+            slots,
+            waiting: VecDeque::new(),
+            reading: false,
+            claiming: 0,
+            recording: 0,
+            to_enqueue: Vec::new(),
+            flushing: false,
+            ticking: false,
+            // Reconcile at the first tick: this is what resumes work left by
+            // a previous process.
+            last_reconcile: Instant::now() - RECONCILE_EVERY,
+            last_reap: Instant::now(),
+            depth: None,
+            redis_error: None,
+            draining: None,
+            stopped: false,
+            _timer: AbortOnDrop(timer),
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Mailers spawned before us are up; those that are not will be
+        // announced by the supervisor.
+        for (i, slot) in state.slots.iter_mut().enumerate() {
+            slot.up = state.peers.mailer(i).is_some();
+        }
+        state.pump(&myself);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DispatcherMsg::Enqueue(kind, id) => {
+                state.to_enqueue.push((kind, id));
+                state.flush(&myself);
+            }
+            DispatcherMsg::Flushed => {
+                state.flushing = false;
+                state.flush(&myself);
+            }
+            DispatcherMsg::MailerUp(i) => {
+                if let Some(slot) = state.slots.get_mut(i) {
+                    slot.up = true;
+                }
+                state.pump(&myself);
+            }
+            DispatcherMsg::MailerDown(i, reason) => {
+                let Some(slot) = state.slots.get_mut(i) else {
+                    return Ok(());
+                };
+                slot.up = false;
+                if let Some(flight) = slot.job.take() {
+                    tracing::warn!(
+                        uuid = %flight.job.uuid,
+                        kind = flight.job.kind.as_str(),
+                        attempt = flight.job.attempt,
+                        mailer = i,
+                        %reason,
+                        "mailer crashed during a send; scheduling a retry"
+                    );
+                    let result = AttemptResult {
+                        outcome: Outcome::Crash,
+                        smtp_code: None,
+                        smtp_reply: None,
+                        error: Some(format!("mailer crashed: {reason}")),
+                        duration_ms: flight.started.elapsed().as_millis() as i64,
+                    };
+                    log_attempt(&flight.job, &result);
+                    state.record(&myself, flight, result);
+                }
+            }
+            DispatcherMsg::JobFinished {
+                mailer,
+                job,
+                result,
+            } => {
+                let held = state.slots.get_mut(mailer).and_then(|s| {
+                    s.job
+                        .take_if(|f| f.job.lease_token == job.lease_token && f.job.id == job.id)
+                });
+                let flight = held.unwrap_or(InFlight {
+                    entry: None,
+                    job: *job,
+                    started: Instant::now(),
+                });
+                state.record(&myself, flight, *result);
+                state.pump(&myself);
+            }
+            DispatcherMsg::Read(result) => {
+                state.reading = false;
+                match result {
+                    Ok(entries) if entries.is_empty() => {}
+                    Ok(entries) => {
+                        state.redis_error = None;
+                        state.claim(&myself, entries);
+                    }
+                    Err(e) => {
+                        let missing = queue::is_missing_group(&e);
+                        state.redis_error = Some(e.to_string());
+                        if missing {
+                            tracing::warn!(
+                                "ready stream or group missing (Redis restarted?); recreating"
+                            );
+                        } else {
+                            tracing::warn!(error = %e, "reading the ready stream failed");
+                        }
+                        let queue = state.queue.clone();
+                        let me = myself.clone();
+                        tokio::spawn(async move {
+                            if missing {
+                                if let Err(e) = queue.ensure_group().await {
+                                    tracing::warn!(error = %e, "creating the consumer group failed");
+                                }
+                            } else {
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                            }
+                            let _ = me.cast(DispatcherMsg::Read(Ok(Vec::new())));
+                        });
+                        return Ok(());
+                    }
+                }
+                state.pump(&myself);
+            }
+            DispatcherMsg::Claimed(entries, result) => {
+                state.claiming -= entries.len();
+                state.claimed(entries, result);
+                state.pump(&myself);
+            }
+            DispatcherMsg::Recorded(entry, settled) => {
+                state.recording -= 1;
+                let queue = state.queue.clone();
+                tokio::spawn(async move {
+                    if let Some(s) = settled.filter(|s| s.status == "queued")
+                        && let Some(due) = s.next_attempt_at
+                        && let Err(e) = queue
+                            .schedule(&[(s.kind, s.id, due.timestamp_millis())])
+                            .await
+                    {
+                        tracing::warn!(error = %e, "scheduling a retry in Redis failed; the reconciler will pick it up");
+                    }
+                    if let Some(entry) = entry
+                        && let Err(e) = queue.ack(&[entry]).await
+                    {
+                        tracing::warn!(error = %e, "acknowledging a stream entry failed");
+                    }
+                });
+                state.check_drained();
+            }
+            DispatcherMsg::Tick => {
+                if !state.ticking && !state.stopped {
+                    state.ticking = true;
+                    state.tick(&myself);
+                }
+                state.pump(&myself);
+            }
+            DispatcherMsg::TickDone(depth) => {
+                state.ticking = false;
+                if depth.is_some() {
+                    state.depth = depth;
+                }
+            }
+            DispatcherMsg::Ping(reply) => {
+                let queue = state.queue.clone();
+                tokio::spawn(async move {
+                    let r = match tokio::time::timeout(Duration::from_millis(1200), queue.ping())
+                        .await
+                    {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("timeout".to_owned()),
+                    };
+                    let _ = reply.send(r);
+                });
+            }
+            DispatcherMsg::Report(reply) => {
+                let _ = reply.send(DispatcherReport {
+                    queue_depth: state.depth.map(|d| d.0),
+                    scheduled_retries: state.depth.map(|d| d.1),
+                    in_flight: state.in_flight(),
+                    idle_mailers: state.idle_mailers(),
+                    redis_error: state.redis_error.clone(),
+                    draining: state.stopped,
+                });
+            }
+            DispatcherMsg::Drain(deadline, reply) => {
+                state.stopped = true;
+                state.draining = Some(reply);
+                myself.send_after(deadline, || DispatcherMsg::DrainDeadline);
+                state.check_drained();
+            }
+            DispatcherMsg::DrainDeadline => {
+                if let Some(reply) = state.draining.take() {
+                    let open: Vec<String> = state
+                        .slots
+                        .iter()
+                        .filter_map(|s| s.job.as_ref())
+                        .map(|f| f.job.uuid.to_string())
+                        .collect();
+                    tracing::warn!(
+                        ?open,
+                        "sends still in flight at the shutdown deadline; their leases will expire and they will be retried"
+                    );
+                    let _ = reply.send(false);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DispatcherState {
+    fn in_flight(&self) -> usize {
+        self.slots.iter().filter(|s| s.job.is_some()).count() + self.waiting.len()
+    }
+
+    fn idle_mailers(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.up && s.job.is_none())
+            .count()
+    }
+
+    /// Moves work forward: waiting jobs to idle mailers, then a new read if
+    /// capacity is left.
+    fn pump(&mut self, myself: &ActorRef<DispatcherMsg>) {
+        while !self.waiting.is_empty() {
+            let Some(i) = self.slots.iter().position(|s| s.up && s.job.is_none()) else {
+                break;
+            };
+            let flight = self.waiting.pop_front().expect("not empty");
+            self.assign(myself, i, flight);
+        }
+        let free = self
+            .idle_mailers()
+            .saturating_sub(self.claiming + self.waiting.len());
+        if self.stopped || self.reading || free == 0 {
+            return;
+        }
+        self.reading = true;
+        let queue = self.queue.clone();
+        let consumer = self.consumer.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let r = queue.read(&consumer, free).await;
+            let _ = me.cast(DispatcherMsg::Read(r));
+        });
+    }
+
+    fn assign(&mut self, myself: &ActorRef<DispatcherMsg>, i: usize, flight: InFlight) {
+        match self.peers.mailer(i) {
+            Some(mailer)
+                if mailer
+                    .cast(MailerMsg::Deliver(Box::new(flight.job.clone())))
+                    .is_ok() =>
+            {
+                self.slots[i].job = Some(InFlight {
+                    started: Instant::now(),
+                    ..flight
+                });
+            }
+            _ => {
+                // The mailer died between its last report and now.
+                self.slots[i].up = false;
+                self.waiting.push_front(flight);
+                let _ = myself.cast(DispatcherMsg::Tick);
+            }
+        }
+    }
+
+    fn claim(&mut self, myself: &ActorRef<DispatcherMsg>, entries: Vec<Entry>) {
+        self.claiming += entries.len();
+        let jobs: Vec<(MessageKind, i64)> = entries.iter().filter_map(|e| e.job).collect();
+        let persistence = self.peers.persistence().ok();
+        let lease = lease_duration(&self.config);
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let result = match persistence {
+                None => Err("persistence is restarting".to_owned()),
+                Some(p) => match ractor::call_t!(
+                    p,
+                    PersistenceMsg::Claim,
+                    PERSISTENCE_CALL_MS,
+                    jobs,
+                    uuid::Uuid::new_v4(),
+                    lease
+                ) {
+                    Ok(Ok(jobs)) => Ok(jobs),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            let _ = me.cast(DispatcherMsg::Claimed(entries, result));
+        });
+    }
+
+    fn claimed(&mut self, entries: Vec<Entry>, result: Result<Vec<MailJob>, String>) {
+        let mut jobs = match result {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                // The messages stay queued in PostgreSQL; the reconciler
+                // re-feeds them once the database answers again.
+                tracing::warn!(error = %e, "claiming jobs failed");
+                Vec::new()
+            }
+        };
+        let mut done = Vec::new();
+        for entry in entries {
+            let pos = entry
+                .job
+                .and_then(|(kind, id)| jobs.iter().position(|j| j.kind == kind && j.id == id));
+            match pos {
+                Some(p) => {
+                    let job = jobs.swap_remove(p);
+                    self.waiting.push_back(InFlight {
+                        entry: Some(entry.stream_id),
+                        job,
+                        started: Instant::now(),
+                    });
+                }
+                // Already sent, claimed elsewhere, not due yet, or a
+                // duplicate wake-up: nothing to do but acknowledge.
+                None => done.push(entry.stream_id),
+            }
+        }
+        if !done.is_empty() {
+            let queue = self.queue.clone();
+            tokio::spawn(async move {
+                if let Err(e) = queue.ack(&done).await {
+                    tracing::warn!(error = %e, "acknowledging stream entries failed");
+                }
+            });
+        }
+    }
+
+    /// Writes an attempt's outcome, then acknowledges its entry.
+    fn record(
+        &mut self,
+        myself: &ActorRef<DispatcherMsg>,
+        flight: InFlight,
+        result: AttemptResult,
+    ) {
+        self.recording += 1;
+        let persistence = self.peers.persistence().ok();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let settled = match persistence {
+                None => None,
+                Some(p) => match ractor::call_t!(
+                    p,
+                    PersistenceMsg::Finish,
+                    PERSISTENCE_CALL_MS,
+                    Box::new(flight.job.clone()),
+                    Box::new(result)
+                ) {
+                    Ok(Ok(settled)) => settled,
+                    Ok(Err(e)) => {
+                        tracing::warn!(uuid = %flight.job.uuid, error = %e, "recording an attempt failed; the lease will expire and the message will be retried");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(uuid = %flight.job.uuid, error = %e, "recording an attempt failed; the lease will expire and the message will be retried");
+                        None
+                    }
+                },
+            };
+            let _ = me.cast(DispatcherMsg::Recorded(flight.entry, settled));
+        });
+    }
+
+    /// Sends the batch of fresh wake-ups, one pipelined round trip.
+    fn flush(&mut self, myself: &ActorRef<DispatcherMsg>) {
+        if self.flushing || self.to_enqueue.is_empty() {
+            return;
+        }
+        self.flushing = true;
+        let batch = std::mem::take(&mut self.to_enqueue);
+        let queue = self.queue.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            if let Err(e) = queue.push(&batch).await {
+                tracing::warn!(error = %e, count = batch.len(), "pushing wake-ups to Redis failed; the reconciler will re-feed them");
+            }
+            let _ = me.cast(DispatcherMsg::Flushed);
+        });
+    }
+
+    fn tick(&mut self, myself: &ActorRef<DispatcherMsg>) {
+        let reconcile = self.last_reconcile.elapsed() >= RECONCILE_EVERY;
+        if reconcile {
+            self.last_reconcile = Instant::now();
+        }
+        let reap = self.last_reap.elapsed() >= STALE_PENDING / 4;
+        if reap {
+            self.last_reap = Instant::now();
+        }
+        let queue = self.queue.clone();
+        let persistence = self.peers.persistence().ok();
+        let consumer = self.consumer.clone();
+        let refeed_below = (self.slots.len() * 2 + 8) as u64;
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            if let Err(e) = queue.promote_due(now_ms, 1000).await {
+                tracing::debug!(error = %e, "promoting due retries failed");
+            }
+            let mut depth = None;
+            if reconcile {
+                depth = queue.depth().await.ok();
+                if let Some(p) = persistence {
+                    // While the stream still holds more than the work in
+                    // progress, overdue rows are most likely still in it:
+                    // re-feeding them would only add duplicate wake-ups.
+                    let refeed = depth.is_none_or(|(len, _)| len <= refeed_below);
+                    reconcile_with_postgres(&queue, &p, refeed).await;
+                }
+            }
+            if reap {
+                match queue.reap_stale(&consumer, STALE_PENDING).await {
+                    Ok(n) if n > 0 => tracing::info!(
+                        count = n,
+                        "dropped stream entries left by a stopped consumer"
+                    ),
+                    _ => {}
+                }
+            }
+            let _ = me.cast(DispatcherMsg::TickDone(depth));
+        });
+    }
+
+    fn check_drained(&mut self) {
+        let idle = self.in_flight() == 0 && self.recording == 0 && self.claiming == 0;
+        if idle && let Some(reply) = self.draining.take() {
+            let _ = reply.send(true);
+        }
+    }
+}
+
+/// Reclaims expired leases and re-feeds what Redis forgot.
+async fn reconcile_with_postgres(
+    queue: &Queue,
+    persistence: &ActorRef<PersistenceMsg>,
+    refeed: bool,
+) {
+    match ractor::call_t!(
+        persistence,
+        PersistenceMsg::ReclaimExpired,
+        PERSISTENCE_CALL_MS
+    ) {
+        Ok(Ok(settled)) if !settled.is_empty() => {
+            tracing::warn!(
+                count = settled.len(),
+                "reclaimed expired leases (a sender died mid-send)"
+            );
+            let retries: Vec<_> = settled
+                .iter()
+                .filter(|s| s.status == "queued")
+                .filter_map(|s| Some((s.kind, s.id, s.next_attempt_at?.timestamp_millis())))
+                .collect();
+            if let Err(e) = queue.schedule(&retries).await {
+                tracing::debug!(error = %e, "scheduling reclaimed retries failed");
+            }
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "reclaiming leases failed"),
+        _ => {}
+    }
+    if !refeed {
+        return;
+    }
+    match ractor::call_t!(
+        persistence,
+        PersistenceMsg::Overdue,
+        PERSISTENCE_CALL_MS,
+        OVERDUE_GRACE,
+        1000
+    ) {
+        Ok(Ok(overdue)) if !overdue.is_empty() => {
+            tracing::info!(
+                count = overdue.len(),
+                "re-feeding overdue messages from PostgreSQL"
+            );
+            if let Err(e) = queue.ensure_group().await {
+                tracing::debug!(error = %e, "ensuring the consumer group failed");
+            }
+            if let Err(e) = queue.push(&overdue).await {
+                tracing::debug!(error = %e, "re-feeding overdue messages failed");
+            }
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "reading overdue messages failed"),
+        _ => {}
+    }
+}
+
+/// How long a claim is held before another dispatcher may take it back: the
+/// whole SMTP attempt plus recording its outcome must fit well inside.
+pub fn lease_duration(config: &Config) -> Duration {
+    config.smtp.timeout * 2 + Duration::from_secs(20)
+}
+
+/// The contract's per-attempt log line.
+pub fn log_attempt(job: &MailJob, result: &AttemptResult) {
+    tracing::info!(
+        target: "email_service::delivery",
+        uuid = %job.uuid,
+        kind = job.kind.as_str(),
+        attempt = job.attempt,
+        outcome = result.outcome.as_str(),
+        duration_ms = result.duration_ms,
+        smtp_code = result.smtp_code,
+        error = result.error.as_deref(),
+        "delivery attempt"
+    );
+}

@@ -1,0 +1,231 @@
+//! A `Mailer` actor: sends one job at a time through the configured backend
+//! and reports the outcome to the dispatcher.
+//!
+//! The send runs in a task bounded by `EMAIL_TIMEOUT`, so the mailer answers
+//! its state query (`idle` / `sending`) while a slow server dawdles. A panic
+//! inside that task is re-raised as this actor's own failure, so the
+//! supervisor sees `ActorFailed` and restarts the mailer, and the dispatcher,
+//! which holds the job, records it as a `crash` attempt and schedules a retry.
+//! A refused or failed send is a normal outcome, not a failure of the actor.
+//!
+//! Counters live in [`MailerStats`], owned by the supervisor per mailer slot,
+//! so they survive restarts.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+
+use super::dispatcher::{DispatcherMsg, log_attempt};
+use crate::config::Config;
+use crate::http::Peers;
+use crate::mail::{self, Backend};
+use crate::store::delivery::{AttemptResult, MailJob, Outcome};
+use crate::util::AbortOnDrop;
+
+pub struct Mailer;
+
+pub enum MailerMsg {
+    Deliver(Box<MailJob>),
+    Report(RpcReplyPort<MailerReport>),
+    /// From the send task.
+    SendDone(Box<MailJob>, Box<AttemptResult>),
+    /// The send task panicked: this mailer must fail.
+    SendPanicked(String),
+}
+
+/// Per-slot counters, kept across restarts of the mailer in that slot.
+#[derive(Debug, Default)]
+pub struct MailerStats {
+    pub sent: AtomicU64,
+    pub failed: AtomicU64,
+    pub restarts: AtomicU64,
+}
+
+pub struct MailerArgs {
+    pub index: usize,
+    pub backend: Backend,
+    pub config: Arc<Config>,
+    pub peers: Arc<Peers>,
+    pub stats: Arc<MailerStats>,
+}
+
+pub struct MailerState {
+    index: usize,
+    backend: Backend,
+    config: Arc<Config>,
+    peers: Arc<Peers>,
+    stats: Arc<MailerStats>,
+    sending: Option<(uuid::Uuid, Instant)>,
+    /// Jobs handed over while a send was running. The dispatcher gives one
+    /// job at a time, but a freshly restarted dispatcher does not know which
+    /// mailers are busy; queueing here keeps "one send at a time" anyway.
+    queued: VecDeque<MailJob>,
+    _task: Option<AbortOnDrop>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MailerReport {
+    pub state: &'static str,
+    pub sending: Option<uuid::Uuid>,
+    pub sent: u64,
+    pub failed: u64,
+    pub restarts: u64,
+}
+
+impl Actor for Mailer {
+    type Msg = MailerMsg;
+    type State = MailerState;
+    type Arguments = MailerArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(MailerState {
+            index: args.index,
+            backend: args.backend,
+            config: args.config,
+            peers: args.peers,
+            stats: args.stats,
+            sending: None,
+            queued: VecDeque::new(),
+            _task: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            MailerMsg::Deliver(job) => {
+                #[cfg(feature = "fault-injection")]
+                crate::faults::before_send(&job);
+                if state.sending.is_some() {
+                    state.queued.push_back(*job);
+                } else {
+                    state.start(&myself, *job);
+                }
+            }
+            MailerMsg::SendDone(job, result) => {
+                state.sending = None;
+                state._task = None;
+                let counter = match result.outcome {
+                    Outcome::Sent => &state.stats.sent,
+                    _ => &state.stats.failed,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                log_attempt(&job, &result);
+                let uuid = job.uuid;
+                let reported = state.peers.dispatcher().is_some_and(|d| {
+                    d.cast(DispatcherMsg::JobFinished {
+                        mailer: state.index,
+                        job,
+                        result,
+                    })
+                    .is_ok()
+                });
+                if !reported {
+                    tracing::warn!(%uuid, "no dispatcher to report to; the lease will expire and the message will be retried");
+                }
+                if let Some(next) = state.queued.pop_front() {
+                    state.start(&myself, next);
+                }
+            }
+            MailerMsg::SendPanicked(panic) => {
+                return Err(format!("send task panicked: {panic}").into());
+            }
+            MailerMsg::Report(reply) => {
+                let _ = reply.send(MailerReport {
+                    state: if state.sending.is_some() {
+                        "sending"
+                    } else {
+                        "idle"
+                    },
+                    sending: state.sending.map(|s| s.0),
+                    sent: state.stats.sent.load(Ordering::Relaxed),
+                    failed: state.stats.failed.load(Ordering::Relaxed),
+                    restarts: state.stats.restarts.load(Ordering::Relaxed),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MailerState {
+    fn start(&mut self, myself: &ActorRef<MailerMsg>, job: MailJob) {
+        self.sending = Some((job.uuid, Instant::now()));
+        self._task = Some(spawn_send(
+            myself,
+            self.backend.clone(),
+            self.config.clone(),
+            job,
+        ));
+    }
+}
+
+/// Builds and sends the mail in a task; reports back as a message.
+fn spawn_send(
+    myself: &ActorRef<MailerMsg>,
+    backend: Backend,
+    config: Arc<Config>,
+    job: MailJob,
+) -> AbortOnDrop {
+    let timeout = config.smtp.timeout;
+    let work = tokio::spawn(async move {
+        #[cfg(feature = "fault-injection")]
+        crate::faults::in_send_task(&job);
+        let result = match mail::build(&job, &config) {
+            Err(e) => AttemptResult {
+                outcome: Outcome::Permanent,
+                smtp_code: None,
+                smtp_reply: None,
+                error: Some(e),
+                duration_ms: 0,
+            },
+            Ok(message) => {
+                let started = Instant::now();
+                match tokio::time::timeout(timeout, backend.send(&job, message)).await {
+                    Ok(r) => r,
+                    Err(_) => AttemptResult {
+                        outcome: Outcome::Transient,
+                        smtp_code: None,
+                        smtp_reply: None,
+                        error: Some(format!("timed out after {} s", timeout.as_secs())),
+                        duration_ms: started.elapsed().as_millis() as i64,
+                    },
+                }
+            }
+        };
+        (job, result)
+    });
+    let me = myself.clone();
+    AbortOnDrop(tokio::spawn(async move {
+        // Owning the send through `AbortOnDrop` means a dead mailer's send
+        // is cancelled with it, not left running beside the retry.
+        let mut work = AbortOnDrop(work);
+        match (&mut work.0).await {
+            Ok((job, result)) => {
+                let _ = me.cast(MailerMsg::SendDone(Box::new(job), Box::new(result)));
+            }
+            Err(e) if e.is_panic() => {
+                let payload = e.into_panic();
+                let text = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                let _ = me.cast(MailerMsg::SendPanicked(text));
+            }
+            Err(_) => {}
+        }
+    }))
+}

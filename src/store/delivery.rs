@@ -1,0 +1,327 @@
+//! The delivery side of the schema: claiming messages for a send, recording
+//! each attempt's outcome, reclaiming leases of a process that died, and
+//! finding due work that Redis no longer knows about.
+//!
+//! A claim is a conditional `UPDATE ... WHERE status = 'queued' AND
+//! next_attempt_at <= now()`: of several dispatchers (two instances on one
+//! database) exactly one gets the row back. The claim stamps a lease token
+//! and a lease end; the outcome is written only by the holder of that token,
+//! so a late finish after a reclaim cannot overwrite newer state.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{Content, Pool, StoreError, table};
+use crate::config::RetryPolicy;
+use crate::domain::MessageKind;
+
+/// One message claimed for one attempt.
+#[derive(Debug, Clone)]
+pub struct MailJob {
+    pub kind: MessageKind,
+    pub id: i64,
+    pub uuid: Uuid,
+    /// Retries already done before this attempt.
+    pub retry_count: i32,
+    /// 1-based attempt number.
+    pub attempt: i32,
+    pub lease_token: Uuid,
+    pub content: Content,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Sent,
+    /// Worth retrying: SMTP 4xx, network errors, timeouts, TLS.
+    Transient,
+    /// Never worth retrying: SMTP 5xx, an envelope the server refuses.
+    Permanent,
+    /// The mailer crashed during the attempt, or its process died.
+    Crash,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Transient => "transient",
+            Self::Permanent => "permanent",
+            Self::Crash => "crash",
+        }
+    }
+}
+
+/// What one attempt produced.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub outcome: Outcome,
+    pub smtp_code: Option<i32>,
+    pub smtp_reply: Option<String>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+}
+
+/// Where a message stands after an attempt was recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settled {
+    pub kind: MessageKind,
+    pub id: i64,
+    pub status: String,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// Claims the given messages that are still queued and due, stamping a lease,
+/// and opens an attempt row for each. Returns only what this call won.
+pub async fn claim(
+    pool: &Pool,
+    jobs: &[(MessageKind, i64)],
+    lease_token: Uuid,
+    lease: Duration,
+) -> Result<Vec<MailJob>, StoreError> {
+    let mut conn = pool.get().await?;
+    let tx = conn.transaction().await?;
+    let mut claimed = Vec::with_capacity(jobs.len());
+    for kind in [MessageKind::Contact, MessageKind::Notify] {
+        let ids: Vec<i64> = jobs
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, id)| *id)
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let content_cols = match kind {
+            MessageKind::Contact => "name, email, message",
+            MessageKind::Notify => "recipient, subject, body, html, metadata",
+        };
+        let rows = tx
+            .query(
+                &format!(
+                    "UPDATE {t} SET status = 'sending', lease_owner = $2,
+                        lease_until = now() + make_interval(secs => $3), updated_at = now()
+                     WHERE id = ANY($1) AND status = 'queued' AND next_attempt_at <= now()
+                     RETURNING id, uuid, retry_count, {content_cols}",
+                    t = table(kind)
+                ),
+                &[&ids, &lease_token.to_string(), &lease.as_secs_f64()],
+            )
+            .await?;
+        let mut won_ids = Vec::with_capacity(rows.len());
+        let mut numbers = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let retry_count: i32 = row.try_get(2)?;
+            let content = match kind {
+                MessageKind::Contact => Content::Contact {
+                    name: row.try_get(3)?,
+                    email: row.try_get(4)?,
+                    message: row.try_get(5)?,
+                },
+                MessageKind::Notify => Content::Notify {
+                    to: row.try_get(3)?,
+                    subject: row.try_get(4)?,
+                    body: row.try_get(5)?,
+                    html: row.try_get(6)?,
+                    metadata: match row.try_get::<_, Option<Value>>(7)? {
+                        Some(Value::Object(m)) => Some(m),
+                        _ => None,
+                    },
+                },
+            };
+            let job = MailJob {
+                kind,
+                id: row.try_get(0)?,
+                uuid: row.try_get(1)?,
+                retry_count,
+                attempt: retry_count + 1,
+                lease_token,
+                content,
+            };
+            won_ids.push(job.id);
+            numbers.push(job.attempt);
+            claimed.push(job);
+        }
+        if !won_ids.is_empty() {
+            tx.execute(
+                "INSERT INTO delivery_attempts (kind, message_id, number, started_at)
+                 SELECT $1, m, n, now() FROM unnest($2::bigint[], $3::int[]) AS u(m, n)
+                 ON CONFLICT (kind, message_id, number)
+                 DO UPDATE SET started_at = now(), finished_at = NULL, outcome = NULL",
+                &[&kind.as_str(), &won_ids, &numbers],
+            )
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(claimed)
+}
+
+/// Records an attempt's outcome and moves the message on: `sent`, `queued`
+/// for a retry after the policy's delay, or `failed`. `None` when the lease
+/// was lost meanwhile (reclaimed after expiry): then nothing is written.
+pub async fn finish(
+    pool: &Pool,
+    job: &MailJob,
+    result: &AttemptResult,
+    policy: &RetryPolicy,
+) -> Result<Option<Settled>, StoreError> {
+    let retryable = matches!(result.outcome, Outcome::Transient | Outcome::Crash);
+    let (status, retry_count, delay) = match result.outcome {
+        Outcome::Sent => ("sent", job.retry_count, None),
+        _ if retryable && (job.retry_count as u32) < policy.max_retries => {
+            let n = job.retry_count + 1;
+            ("queued", n, Some(policy.delay(n as u32)))
+        }
+        _ => ("failed", job.retry_count, None),
+    };
+    let mut conn = pool.get().await?;
+    let tx = conn.transaction().await?;
+    let row = tx
+        .query_opt(
+            &format!(
+                "UPDATE {} SET status = $3, retry_count = $4,
+                    next_attempt_at = CASE WHEN $5::float8 IS NULL THEN NULL
+                                           ELSE now() + make_interval(secs => $5::float8) END,
+                    sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END,
+                    error_message = COALESCE($6, error_message),
+                    lease_owner = NULL, lease_until = NULL, updated_at = now()
+                 WHERE id = $1 AND status = 'sending' AND lease_owner = $2
+                 RETURNING next_attempt_at",
+                table(job.kind)
+            ),
+            &[
+                &job.id,
+                &job.lease_token.to_string(),
+                &status,
+                &retry_count,
+                &delay.map(|d| d.as_secs_f64()),
+                &result.error,
+            ],
+        )
+        .await?;
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    tx.execute(
+        "UPDATE delivery_attempts SET finished_at = now(), outcome = $4, smtp_code = $5,
+            smtp_reply = $6, error = $7, duration_ms = $8
+         WHERE kind = $1 AND message_id = $2 AND number = $3",
+        &[
+            &job.kind.as_str(),
+            &job.id,
+            &job.attempt,
+            &result.outcome.as_str(),
+            &result.smtp_code,
+            &result.smtp_reply,
+            &result.error,
+            &result.duration_ms,
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(Settled {
+        kind: job.kind,
+        id: job.id,
+        status: status.to_owned(),
+        next_attempt_at: row.try_get(0)?,
+    }))
+}
+
+/// Turns expired leases (their sender died mid-send) into scheduled retries,
+/// or into `failed` when retries are used up, and closes their open attempt
+/// as a `crash`.
+pub async fn reclaim_expired(
+    pool: &Pool,
+    policy: &RetryPolicy,
+) -> Result<Vec<Settled>, StoreError> {
+    const ERROR: &str = "lease expired: the process sending this message stopped mid-send";
+    let mut conn = pool.get().await?;
+    let tx = conn.transaction().await?;
+    let mut settled = Vec::new();
+    for kind in [MessageKind::Contact, MessageKind::Notify] {
+        let rows = tx
+            .query(
+                &format!(
+                    "WITH expired AS (
+                        SELECT id FROM {t}
+                        WHERE status = 'sending' AND lease_until < now()
+                        ORDER BY lease_until LIMIT 500
+                        FOR UPDATE SKIP LOCKED)
+                     UPDATE {t} m SET
+                        status = CASE WHEN m.retry_count < $1 THEN 'queued' ELSE 'failed' END,
+                        next_attempt_at = CASE WHEN m.retry_count < $1
+                            THEN now() + make_interval(secs => LEAST(86400.0, $2 * power($3, m.retry_count)))
+                            ELSE NULL END,
+                        retry_count = CASE WHEN m.retry_count < $1 THEN m.retry_count + 1 ELSE m.retry_count END,
+                        error_message = $4,
+                        lease_owner = NULL, lease_until = NULL, updated_at = now()
+                     FROM expired WHERE m.id = expired.id
+                     RETURNING m.id, m.status, m.next_attempt_at",
+                    t = table(kind)
+                ),
+                &[
+                    &(policy.max_retries as i32),
+                    &policy.base_delay.as_secs_f64(),
+                    &policy.backoff_factor,
+                    &ERROR,
+                ],
+            )
+            .await?;
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let s = Settled {
+                kind,
+                id: row.try_get(0)?,
+                status: row.try_get(1)?,
+                next_attempt_at: row.try_get(2)?,
+            };
+            ids.push(s.id);
+            settled.push(s);
+        }
+        if !ids.is_empty() {
+            tx.execute(
+                "UPDATE delivery_attempts SET finished_at = now(), outcome = 'crash', error = $3,
+                    duration_ms = (extract(epoch FROM now() - started_at) * 1000)::bigint
+                 WHERE kind = $1 AND message_id = ANY($2) AND finished_at IS NULL",
+                &[&kind.as_str(), &ids, &ERROR],
+            )
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(settled)
+}
+
+/// Queued messages that have been due for at least `grace`: in normal
+/// operation Redis has handed them out long before, so these are the ones a
+/// Redis restart, a lost timer or a killed process left behind.
+pub async fn overdue(
+    pool: &Pool,
+    grace: Duration,
+    limit: i64,
+) -> Result<Vec<(MessageKind, i64)>, StoreError> {
+    let conn = pool.get().await?;
+    let rows = conn
+        .query(
+            "(SELECT 'contact', id, next_attempt_at FROM contact_messages
+               WHERE status = 'queued' AND next_attempt_at <= now() - make_interval(secs => $1)
+               ORDER BY next_attempt_at LIMIT $2)
+             UNION ALL
+             (SELECT 'notify', id, next_attempt_at FROM notifications
+               WHERE status = 'queued' AND next_attempt_at <= now() - make_interval(secs => $1)
+               ORDER BY next_attempt_at LIMIT $2)
+             ORDER BY 3 LIMIT $2",
+            &[&grace.as_secs_f64(), &limit],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let kind: String = r.try_get(0)?;
+            let kind = MessageKind::parse(&kind).unwrap_or(MessageKind::Notify);
+            Ok((kind, r.try_get(1)?))
+        })
+        .collect()
+}
