@@ -13,6 +13,8 @@ use serde_json::Value;
 
 use super::error::json;
 use super::{AppContext, HttpResponse};
+use crate::actors::dispatcher::DispatcherMsg;
+use crate::actors::mailer::MailerMsg;
 use crate::actors::persistence::PersistenceMsg;
 use crate::actors::supervisor::SupervisorMsg;
 
@@ -40,6 +42,8 @@ fn check<T, E: std::fmt::Display>(r: Result<T, E>) -> String {
 pub async fn healthz(ctx: &AppContext) -> HttpResponse {
     let persistence = ctx.peers.persistence().ok();
     let supervisor = ctx.peers.supervisor();
+    let dispatcher = ctx.peers.dispatcher();
+    let mailers = ctx.peers.mailers();
 
     let database = async {
         let Some(p) = &persistence else {
@@ -60,11 +64,63 @@ pub async fn healthz(ctx: &AppContext) -> HttpResponse {
         let s = supervisor.as_ref()?;
         call_t!(s, SupervisorMsg::Report, HEALTH_CALL_TIMEOUT_MS).ok()
     };
-    let (database, persistence_report, supervisor_report) =
-        tokio::join!(database, persistence_report, supervisor_report);
+    let redis = async {
+        let Some(d) = &dispatcher else {
+            return Err("dispatcher is restarting".to_owned());
+        };
+        match call_t!(d, DispatcherMsg::Ping, HEALTH_CALL_TIMEOUT_MS) {
+            Ok(r) => r,
+            Err(ractor::RactorErr::Timeout) => Err("timeout".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let dispatcher_report = async {
+        let d = dispatcher.as_ref()?;
+        call_t!(d, DispatcherMsg::Report, HEALTH_CALL_TIMEOUT_MS).ok()
+    };
+    // One task per mailer, so they are asked at the same time; awaiting the
+    // handles in order then costs the slowest answer, not the sum.
+    let mailer_tasks: Vec<_> = mailers
+        .into_iter()
+        .map(|m| {
+            tokio::spawn(async move {
+                let m = m?;
+                call_t!(m, MailerMsg::Report, HEALTH_CALL_TIMEOUT_MS).ok()
+            })
+        })
+        .collect();
+    let mailer_reports = async {
+        let mut reports = Vec::with_capacity(mailer_tasks.len());
+        for t in mailer_tasks {
+            reports.push(t.await.ok().flatten());
+        }
+        reports
+    };
+    let (database, redis, persistence_report, supervisor_report, dispatcher_report, mailer_reports) = tokio::join!(
+        database,
+        redis,
+        persistence_report,
+        supervisor_report,
+        dispatcher_report,
+        mailer_reports
+    );
+
+    let alive = mailer_reports.iter().filter(|r| r.is_some()).count();
+    let mailers_check = if dispatcher_report.is_none() {
+        Err("the dispatcher does not answer".to_owned())
+    } else if alive == 0 {
+        Err(format!(
+            "none of {} mailers is running",
+            mailer_reports.len()
+        ))
+    } else {
+        Ok(())
+    };
 
     let mut checks = BTreeMap::new();
     checks.insert("database", check(database));
+    checks.insert("redis", check(redis));
+    checks.insert("mailers", check(mailers_check));
 
     let to_value = |v: Option<Value>| v.unwrap_or_else(|| Value::String("error: no answer".into()));
     let mut actors = BTreeMap::new();
@@ -75,6 +131,19 @@ pub async fn healthz(ctx: &AppContext) -> HttpResponse {
     actors.insert(
         "persistence",
         to_value(persistence_report.and_then(|r| serde_json::to_value(r).ok())),
+    );
+    actors.insert(
+        "dispatcher",
+        to_value(dispatcher_report.and_then(|r| serde_json::to_value(r).ok())),
+    );
+    actors.insert(
+        "mailers",
+        Value::Array(
+            mailer_reports
+                .into_iter()
+                .map(|r| to_value(r.and_then(|r| serde_json::to_value(r).ok())))
+                .collect(),
+        ),
     );
 
     let healthy = checks.values().all(|c| c == "ok");

@@ -1,0 +1,11 @@
+//! Delivery against the real PostgreSQL and Redis and a test-controlled SMTP
+//! sink: one delivery per message, retries on the schedule, permanent
+//! failures, exhausted retries, mailer crashes, lost Redis state, two
+//! instances, and each backend.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod backends;
+mod failures;
+mod normal;
