@@ -207,7 +207,8 @@ start_postgres() {
     fi
     # TCP on loopback only; socket in the data dir so it never clashes with
     # a system instance in /var/run/postgresql. fsync stays at its default.
-    opts="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$(_deps_shq "$sockdir")"
+    # Room for many test apps at once (each holds a pool of connections).
+    opts="-c listen_addresses=127.0.0.1 -c port=$port -c max_connections=${PG_MAX_CONNECTIONS:-400} -c unix_socket_directories=$(_deps_shq "$sockdir")"
     if ! _deps_as_pg "$bin/pg_ctl" start -w -t 60 -D "$data" -l "$log" -o "$opts" >/dev/null; then
         tail -n 20 "$log" >&2
         deps_fail "PostgreSQL failed to start on 127.0.0.1:$port (log: $log)"
