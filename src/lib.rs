@@ -21,6 +21,7 @@ pub mod domain;
 pub mod faults;
 pub mod http;
 pub mod mail;
+pub mod metrics;
 pub mod queue;
 pub mod store;
 pub mod telemetry;
@@ -35,7 +36,7 @@ use tokio::net::TcpListener;
 
 use actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
 use config::Config;
-use http::{AppContext, Peers};
+use http::AppContext;
 
 /// Connections in the PostgreSQL pool.
 pub const DB_POOL_SIZE: u32 = 16;
@@ -74,10 +75,7 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, backend = ?config.email_backend, "email-service listening");
     }
-    let ctx = Arc::new(AppContext {
-        config: Arc::new(config),
-        peers: Arc::new(Peers::default()),
-    });
+    let ctx = Arc::new(AppContext::new(Arc::new(config)));
     let args = SupervisorArgs {
         listener,
         ctx,

@@ -9,7 +9,13 @@ use crate::config::{Config, LogFormat};
 
 /// Installs the global subscriber and the panic hook. Call once, from `main`.
 pub fn init(config: &Config) {
-    let filter = EnvFilter::try_new(&config.rust_log).unwrap_or_else(|_| EnvFilter::new("info"));
+    // tokio-postgres logs server NOTICEs at info ("relation already
+    // exists, skipping"): noise unless asked for by name.
+    let mut directives = config.rust_log.clone();
+    if !directives.contains("tokio_postgres") {
+        directives.push_str(",tokio_postgres=warn");
+    }
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stdout);

@@ -31,6 +31,7 @@ use super::persistence::PersistenceMsg;
 use crate::config::Config;
 use crate::domain::MessageKind;
 use crate::http::Peers;
+use crate::metrics::Metrics;
 use crate::queue::{self, Entry, Queue};
 use crate::store::delivery::{AttemptResult, MailJob, Outcome, Settled};
 use crate::util::AbortOnDrop;
@@ -81,6 +82,7 @@ pub enum DispatcherMsg {
 }
 
 pub struct DispatcherArgs {
+    pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
     pub peers: Arc<Peers>,
     pub queue: Queue,
@@ -102,6 +104,7 @@ struct MailerSlot {
 }
 
 pub struct DispatcherState {
+    metrics: Arc<Metrics>,
     config: Arc<Config>,
     peers: Arc<Peers>,
     queue: Queue,
@@ -158,6 +161,7 @@ impl Actor for Dispatcher {
         });
         let slots = (0..args.mailers).map(|_| MailerSlot::default()).collect();
         Ok(DispatcherState {
+            metrics: args.metrics,
             config: args.config,
             peers: args.peers,
             queue: args.queue,
@@ -513,6 +517,11 @@ impl DispatcherState {
         result: AttemptResult,
     ) {
         self.recording += 1;
+        self.metrics
+            .attempt(flight.job.kind.as_str(), result.outcome.as_str());
+        self.metrics
+            .send_duration
+            .observe(result.duration_ms as f64 / 1000.0);
         let persistence = self.peers.persistence().ok();
         let me = myself.clone();
         tokio::spawn(async move {
@@ -569,6 +578,7 @@ impl DispatcherState {
         let queue = self.queue.clone();
         let persistence = self.peers.persistence().ok();
         let consumer = self.consumer.clone();
+        let metrics = self.metrics.clone();
         let refeed_below = (self.slots.len() * 2 + 8) as u64;
         let me = myself.clone();
         tokio::spawn(async move {
@@ -584,7 +594,8 @@ impl DispatcherState {
                     // progress, overdue rows are most likely still in it:
                     // re-feeding them would only add duplicate wake-ups.
                     let refeed = depth.is_none_or(|(len, _)| len <= refeed_below);
-                    reconcile_with_postgres(&queue, &p, refeed).await;
+                    let reclaimed = reconcile_with_postgres(&queue, &p, refeed).await;
+                    metrics.leases_reclaimed.inc_by(reclaimed);
                 }
             }
             if reap {
@@ -613,13 +624,15 @@ async fn reconcile_with_postgres(
     queue: &Queue,
     persistence: &ActorRef<PersistenceMsg>,
     refeed: bool,
-) {
+) -> u64 {
+    let mut reclaimed = 0;
     match ractor::call_t!(
         persistence,
         PersistenceMsg::ReclaimExpired,
         PERSISTENCE_CALL_MS
     ) {
         Ok(Ok(settled)) if !settled.is_empty() => {
+            reclaimed = settled.len() as u64;
             tracing::warn!(
                 count = settled.len(),
                 "reclaimed expired leases (a sender died mid-send)"
@@ -637,7 +650,7 @@ async fn reconcile_with_postgres(
         _ => {}
     }
     if !refeed {
-        return;
+        return reclaimed;
     }
     match ractor::call_t!(
         persistence,
@@ -661,6 +674,7 @@ async fn reconcile_with_postgres(
         Ok(Err(e)) => tracing::debug!(error = %e, "reading overdue messages failed"),
         _ => {}
     }
+    reclaimed
 }
 
 /// How long a claim is held before another dispatcher may take it back: the

@@ -26,6 +26,7 @@ use super::mailer::{Mailer, MailerArgs, MailerMsg, MailerStats};
 use super::persistence::{Persistence, PersistenceArgs, PersistenceMsg};
 use crate::http::AppContext;
 use crate::mail::Backend;
+use crate::metrics::ChildLabels;
 use crate::queue::Queue;
 use crate::store::Pool;
 
@@ -177,6 +178,7 @@ impl SupervisorState {
             }
             Child::Dispatcher => {
                 let args = DispatcherArgs {
+                    metrics: self.ctx.metrics.clone(),
                     config: self.ctx.config.clone(),
                     peers: self.ctx.peers.clone(),
                     queue: self.queue.clone(),
@@ -376,6 +378,14 @@ fn schedule_restart(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorStat
     }
     h.restarts += 1;
     h.last_failure = Some(now);
+    state
+        .ctx
+        .metrics
+        .actor_restarts
+        .get_or_create(&ChildLabels {
+            child: child.name(),
+        })
+        .inc();
     let delay = backoff(h.streak);
     h.streak += 1;
     myself.send_after(delay, move || SupervisorMsg::Respawn(child));

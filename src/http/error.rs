@@ -4,7 +4,7 @@
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
@@ -20,6 +20,11 @@ pub enum ApiError {
     BadRequest(String),
     #[error("not found")]
     NotFound(&'static str),
+    #[error("unauthorized")]
+    Unauthorized,
+    /// Over the per-IP limit; seconds until the window resets.
+    #[error("rate limited")]
+    RateLimited(u64),
     #[error("method {method} not allowed")]
     MethodNotAllowed { method: String, allow: &'static str },
     #[error("payload too large")]
@@ -49,6 +54,8 @@ impl ApiError {
         match self {
             Self::Validation(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -64,6 +71,12 @@ impl ApiError {
             Self::Validation(errors) => serde_json::to_vec(&Errors { errors }),
             Self::BadRequest(m) => detail(m),
             Self::NotFound(m) => detail(m),
+            Self::Unauthorized => {
+                detail("Authentication credentials were not provided or are invalid.")
+            }
+            Self::RateLimited(reset) => detail(&format!(
+                "Request was throttled. Expected available in {reset} seconds."
+            )),
             Self::MethodNotAllowed { method, .. } => {
                 detail(&format!("Method \"{method}\" not allowed."))
             }
@@ -85,9 +98,20 @@ impl ApiError {
             }
         };
         let mut resp = json_response(status, body.unwrap_or_default());
-        if let Self::MethodNotAllowed { allow, .. } = self {
-            resp.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static(allow));
+        match self {
+            Self::MethodNotAllowed { allow, .. } => {
+                resp.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            Self::Unauthorized => {
+                resp.headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::RateLimited(reset) => {
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(reset));
+            }
+            _ => {}
         }
         resp
     }

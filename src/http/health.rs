@@ -159,3 +159,40 @@ pub async fn healthz(ctx: &AppContext) -> HttpResponse {
     };
     json(status, &body)
 }
+
+/// Prometheus text. Gauges that mirror actor state are refreshed first, by
+/// asking the actors (each with a timeout, concurrently).
+pub async fn metrics(ctx: &AppContext) -> HttpResponse {
+    let persistence = ctx.peers.persistence().ok();
+    let dispatcher = ctx.peers.dispatcher();
+    let pool = async {
+        let p = persistence.as_ref()?;
+        call_t!(p, PersistenceMsg::Report, HEALTH_CALL_TIMEOUT_MS).ok()
+    };
+    let queue = async {
+        let d = dispatcher.as_ref()?;
+        call_t!(d, DispatcherMsg::Report, HEALTH_CALL_TIMEOUT_MS).ok()
+    };
+    let (pool, queue) = tokio::join!(pool, queue);
+    let m = &ctx.metrics;
+    if let Some(p) = pool {
+        m.db_pool_connections.set(p.pool_connections.into());
+        m.db_pool_idle.set(p.pool_idle.into());
+    }
+    if let Some(q) = queue {
+        if let Some(d) = q.queue_depth {
+            m.queue_depth.set(d as i64);
+        }
+        if let Some(r) = q.scheduled_retries {
+            m.scheduled_retries.set(r as i64);
+        }
+    }
+    let mut resp = super::error::json_response(StatusCode::OK, m.encode());
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    resp
+}

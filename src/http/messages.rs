@@ -71,6 +71,12 @@ pub async fn accept(
     )??;
     Ok(match outcome {
         AcceptOutcome::Accepted { status, body, id } => {
+            ctx.metrics
+                .accepted
+                .get_or_create(&crate::metrics::KindLabels {
+                    kind: kind.as_str().to_owned(),
+                })
+                .inc();
             // Wake a mailer now. If this is lost (Redis down, dispatcher
             // restarting) the message is still committed as due, and the
             // reconciler re-feeds it from PostgreSQL.

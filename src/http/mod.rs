@@ -6,9 +6,11 @@
 //! JSON, carries `X-Request-Id` (the client's, when it sent a sane one), and
 //! is logged once with method, path, status, duration and request id.
 
+mod auth;
 mod error;
 mod health;
 mod messages;
+pub mod ratelimit;
 pub mod server;
 
 use std::convert::Infallible;
@@ -17,7 +19,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use hyper::body::Incoming;
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request};
 use ractor::ActorRef;
 
@@ -29,6 +31,8 @@ use crate::actors::persistence::PersistenceMsg;
 use crate::actors::supervisor::SupervisorMsg;
 use crate::config::Config;
 use crate::domain::MessageKind;
+use crate::metrics::{HttpLabels, Metrics, RouteLabels};
+use ratelimit::{Decision, RateLimiter};
 
 /// Bodies above this size are refused with `413` (the contract's 64 KiB).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -100,35 +104,128 @@ impl Peers {
 pub struct AppContext {
     pub config: Arc<Config>,
     pub peers: Arc<Peers>,
+    pub metrics: Arc<Metrics>,
+    pub contact_limiter: RateLimiter,
+}
+
+impl AppContext {
+    pub fn new(config: Arc<Config>) -> Self {
+        Self {
+            contact_limiter: RateLimiter::new(config.contact_rate_limit),
+            config,
+            peers: Arc::new(Peers::default()),
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+}
+
+/// The service's resources. Matching the path first and the method second
+/// lets a known path with a wrong method answer 405, not 404.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint<'a> {
+    Livez,
+    Healthz,
+    Metrics,
+    Collection(MessageKind),
+    Detail(MessageKind, &'a str),
+}
+
+impl<'a> Endpoint<'a> {
+    /// Every path answers with and without its trailing slash.
+    fn parse(path: &'a str) -> Option<Self> {
+        let trimmed = path.strip_prefix('/').unwrap_or(path);
+        let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
+        let segments: Vec<&str> = trimmed.split('/').collect();
+        let kind = |name: &str| match name {
+            "contact" => Some(MessageKind::Contact),
+            "notify" => Some(MessageKind::Notify),
+            _ => None,
+        };
+        match segments.as_slice() {
+            ["livez"] => Some(Self::Livez),
+            ["healthz"] => Some(Self::Healthz),
+            ["metrics"] => Some(Self::Metrics),
+            ["api", name] => kind(name).map(Self::Collection),
+            ["api", name, id] if !id.is_empty() => kind(name).map(|k| Self::Detail(k, id)),
+            _ => None,
+        }
+    }
+
+    /// The route label for metrics: the path pattern, never the raw path.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Livez => "/livez",
+            Self::Healthz => "/healthz",
+            Self::Metrics => "/metrics",
+            Self::Collection(MessageKind::Contact) => "/api/contact/",
+            Self::Collection(MessageKind::Notify) => "/api/notify/",
+            Self::Detail(MessageKind::Contact, _) => "/api/contact/{id}/",
+            Self::Detail(MessageKind::Notify, _) => "/api/notify/{id}/",
+        }
+    }
+
+    fn allow(self) -> &'static str {
+        match self {
+            Self::Collection(_) => "GET, POST",
+            _ => "GET",
+        }
+    }
+
+    /// Only the public contact form and the probes go without a token.
+    fn is_public(self, method: &Method) -> bool {
+        match self {
+            Self::Livez | Self::Healthz => true,
+            Self::Collection(MessageKind::Contact) => method == Method::POST,
+            _ => false,
+        }
+    }
 }
 
 /// The hyper service: never fails, every error is a response.
 pub async fn handle(
     req: Request<Incoming>,
     ctx: Arc<AppContext>,
-    _peer: SocketAddr,
+    peer: SocketAddr,
 ) -> Result<HttpResponse, Infallible> {
     let started = Instant::now();
     let request_id = request_id(&req);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let endpoint = Endpoint::parse(&path);
+    let route = endpoint.map_or("unmatched", Endpoint::label);
 
-    let mut resp = match route(req, &ctx).await {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(),
+    let mut resp = match endpoint {
+        None => ApiError::NotFound("Not found.").into_response(),
+        Some(endpoint) => route_to(endpoint, req, &ctx, peer)
+            .await
+            .unwrap_or_else(ApiError::into_response),
     };
 
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
     let status_code = resp.status().as_u16();
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed();
+    ctx.metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route: route.to_owned(),
+            method: method.as_str().to_owned(),
+            status: status_code.to_string(),
+        })
+        .inc();
+    ctx.metrics
+        .http_duration
+        .get_or_create(&RouteLabels {
+            route: route.to_owned(),
+        })
+        .observe(elapsed.as_secs_f64());
     tracing::info!(
         target: "email_service::http",
         method = %method,
         path = %path,
         status_code,
-        duration_ms,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
         request_id = %request_id,
         "request"
     );
@@ -146,40 +243,66 @@ fn request_id(req: &Request<Incoming>) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
-async fn route(req: Request<Incoming>, ctx: &AppContext) -> Result<HttpResponse, ApiError> {
-    let path = req.uri().path();
-    let trimmed = path.strip_prefix('/').unwrap_or(path);
-    let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
-    let segments: Vec<&str> = trimmed.split('/').collect();
-    let method = req.method();
-
-    let allow = |allow: &'static str| ApiError::MethodNotAllowed {
-        method: method.to_string(),
-        allow,
+async fn route_to(
+    endpoint: Endpoint<'_>,
+    req: Request<Incoming>,
+    ctx: &AppContext,
+    peer: SocketAddr,
+) -> Result<HttpResponse, ApiError> {
+    let method = req.method().clone();
+    let allowed = match endpoint {
+        Endpoint::Collection(_) => method == Method::GET || method == Method::POST,
+        _ => method == Method::GET,
     };
-    match segments.as_slice() {
-        ["livez"] => match *method {
-            Method::GET => Ok(health::livez()),
-            _ => Err(allow("GET")),
-        },
-        ["healthz"] => match *method {
-            Method::GET => Ok(health::healthz(ctx).await),
-            _ => Err(allow("GET")),
-        },
-        ["api", endpoint] | ["api", endpoint, _] => {
-            let kind = match *endpoint {
-                "contact" => MessageKind::Contact,
-                "notify" => MessageKind::Notify,
-                _ => return Err(ApiError::NotFound("Not found.")),
+    if !allowed {
+        return Err(ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            allow: endpoint.allow(),
+        });
+    }
+    if !endpoint.is_public(&method) && !auth::authorized(&req, &ctx.config.api_tokens) {
+        return Err(ApiError::Unauthorized);
+    }
+    match endpoint {
+        Endpoint::Livez => Ok(health::livez()),
+        Endpoint::Healthz => Ok(health::healthz(ctx).await),
+        Endpoint::Metrics => Ok(health::metrics(ctx).await),
+        Endpoint::Collection(MessageKind::Contact) if method == Method::POST => {
+            let decision = ctx
+                .contact_limiter
+                .enabled()
+                .then(|| ctx.contact_limiter.check(peer.ip()));
+            let result = match decision {
+                Some(d) if !d.allowed => {
+                    ctx.metrics.rate_limited.inc();
+                    Err(ApiError::RateLimited(d.reset))
+                }
+                _ => messages::accept(req, ctx, MessageKind::Contact).await,
             };
-            match (segments.get(2), method) {
-                (None, &Method::POST) => messages::accept(req, ctx, kind).await,
-                (None, &Method::GET) => messages::list(req, ctx, kind).await,
-                (None, _) => Err(allow("GET, POST")),
-                (Some(id), &Method::GET) => messages::detail(ctx, kind, id).await,
-                (Some(_), _) => Err(allow("GET")),
+            let mut resp = result.unwrap_or_else(ApiError::into_response);
+            if let Some(d) = decision {
+                rate_limit_headers(&mut resp, d);
             }
+            Ok(resp)
         }
-        _ => Err(ApiError::NotFound("Not found.")),
+        Endpoint::Collection(kind) if method == Method::POST => {
+            messages::accept(req, ctx, kind).await
+        }
+        Endpoint::Collection(kind) => messages::list(req, ctx, kind).await,
+        Endpoint::Detail(kind, id) => messages::detail(ctx, kind, id).await,
+    }
+}
+
+/// The IETF `RateLimit-Policy` / `RateLimit` fields (draft-ietf-httpapi-
+/// ratelimit-headers) on every limited request; a refusal also carries
+/// `Retry-After` (set by `ApiError::RateLimited`).
+fn rate_limit_headers(resp: &mut HttpResponse, d: Decision) {
+    let headers = resp.headers_mut();
+    let policy = format!("\"contact\";q={};w=60", d.limit);
+    let state = format!("\"contact\";r={};t={}", d.remaining, d.reset);
+    for (name, value) in [("ratelimit-policy", policy), ("ratelimit", state)] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
     }
 }

@@ -130,11 +130,16 @@ pub async fn spawn_app_on(target: Target, overrides: &[(&str, &str)]) -> TestApp
         stop: Some(stop),
         task: Some(task),
     };
-    // Ready once the schema is in place and the list answers.
+    // Ready once persistence reports the schema in place (`/healthz` is
+    // open even when API_TOKEN is set).
     poll_until(
         Duration::from_secs(30),
         "the service to be ready",
-        || async { app.get("/api/notify/").await.status == 200 },
+        || async {
+            let r = app.get("/healthz").await;
+            serde_json::from_slice::<Value>(&r.body)
+                .is_ok_and(|h| h["actors"]["persistence"]["schema_ready"] == true)
+        },
     )
     .await;
     app

@@ -1,0 +1,179 @@
+//! Prometheus metrics, through `prometheus-client` (OpenMetrics text). One
+//! [`Metrics`] per running service, shared by the HTTP layer and the actors;
+//! gauges that mirror actor state (pool, queue depth) are refreshed when
+//! `/metrics` is scraped, by asking the actors.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub method: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub kind: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChildLabels {
+    pub child: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: HistogramFamily<RouteLabels>,
+    pub accepted: Family<KindLabels, Counter>,
+    pub attempts: Family<OutcomeLabels, Counter>,
+    pub send_duration: Histogram,
+    pub queue_depth: Gauge,
+    pub scheduled_retries: Gauge,
+    pub leases_reclaimed: Counter,
+    pub actor_restarts: Family<ChildLabels, Counter>,
+    pub db_pool_connections: Gauge,
+    pub db_pool_idle: Gauge,
+    pub rate_limited: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("email_service");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route, method and status",
+            http_requests.clone(),
+        );
+        let http_duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request, by route",
+            http_duration.clone(),
+        );
+        let accepted = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "messages_accepted",
+            "Messages committed and answered 202 (replays not counted)",
+            accepted.clone(),
+        );
+        let attempts = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "delivery_attempts",
+            "Delivery attempts by kind and outcome (sent, transient, permanent, crash)",
+            attempts.clone(),
+        );
+        let send_duration = latency_histogram();
+        registry.register(
+            "send_duration_seconds",
+            "Time of one delivery attempt through the backend",
+            send_duration.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "ready_queue_depth",
+            "Entries in the Redis ready stream (unread or in progress)",
+            queue_depth.clone(),
+        );
+        let scheduled_retries = Gauge::default();
+        registry.register(
+            "scheduled_retries",
+            "Retries waiting in the Redis schedule",
+            scheduled_retries.clone(),
+        );
+        let leases_reclaimed = Counter::default();
+        registry.register(
+            "leases_reclaimed",
+            "Expired leases turned back into retries (a sender died mid-send)",
+            leases_reclaimed.clone(),
+        );
+        let actor_restarts = Family::<ChildLabels, Counter>::default();
+        registry.register(
+            "actor_restarts",
+            "Restarts of supervised actors, by child",
+            actor_restarts.clone(),
+        );
+        let db_pool_connections = Gauge::default();
+        registry.register(
+            "db_pool_connections",
+            "Open PostgreSQL connections in the pool",
+            db_pool_connections.clone(),
+        );
+        let db_pool_idle = Gauge::default();
+        registry.register(
+            "db_pool_idle_connections",
+            "Idle PostgreSQL connections in the pool",
+            db_pool_idle.clone(),
+        );
+        let rate_limited = Counter::default();
+        registry.register(
+            "contact_rate_limited",
+            "Contact-form requests refused by the per-IP rate limit",
+            rate_limited.clone(),
+        );
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            accepted,
+            attempts,
+            send_duration,
+            queue_depth,
+            scheduled_retries,
+            leases_reclaimed,
+            actor_restarts,
+            db_pool_connections,
+            db_pool_idle,
+            rate_limited,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+
+    pub fn attempt(&self, kind: &str, outcome: &str) {
+        self.attempts
+            .get_or_create(&OutcomeLabels {
+                kind: kind.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+}
