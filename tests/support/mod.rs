@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod process;
 pub mod smtp_sink;
 
 use std::collections::HashMap;

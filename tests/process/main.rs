@@ -1,0 +1,378 @@
+//! The real binary as a child process: SIGTERM drains and exits 0, a second
+//! signal exits at once, `kill -9` loses no accepted message, logs are JSON
+//! lines without secrets, a panic is one JSON line, and a database that is
+//! down at start is waited for while `/livez` answers.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use support::process::{ServiceProcess, http};
+use support::smtp_sink::{Mode, SmtpSink};
+use support::{Target, database_url, poll_until, redis_url};
+
+fn env_for<'a>(target: &'a Target, db: &'a str, sink_port: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("DATABASE_URL", db),
+        ("REDIS_KEY_PREFIX", target.prefix.as_str()),
+        ("EMAIL_BACKEND", "smtp"),
+        ("EMAIL_HOST", "127.0.0.1"),
+        ("EMAIL_PORT", sink_port),
+        ("EMAIL_RETRY_BASE_DELAY_MS", "200"),
+        ("EMAIL_RETRY_BACKOFF_FACTOR", "2"),
+    ]
+}
+
+fn wait_ready(p: &ServiceProcess) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http(p.addr, "GET", "/healthz", None);
+        if status == 200 || body.contains("\"schema_ready\":true") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not ready: {status} {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn post_notify(p: &ServiceProcess, subject: &str) -> Option<String> {
+    let body = json!({"to": "a@example.org", "subject": subject, "body": "b"}).to_string();
+    let (status, resp) = http(p.addr, "POST", "/api/notify/", Some(&body));
+    (status == 202).then(|| {
+        serde_json::from_str::<Value>(&resp).unwrap()["uuid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    })
+}
+
+async fn db(target: &Target) -> tokio_postgres::Client {
+    let (client, conn) =
+        tokio_postgres::connect(&database_url(&target.database), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+async fn statuses(target: &Target) -> Vec<(String, String)> {
+    db(target)
+        .await
+        .query("SELECT uuid::text, status FROM notifications", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_with_sends_in_flight_exits_0_and_nothing_is_lost_after_restart() {
+    let sink = SmtpSink::start(Mode::Slow(Duration::from_millis(1500))).await;
+    let target = Target::fresh();
+    let db_url = database_url(&target.database);
+    let port = sink.addr.port().to_string();
+    let redis = redis_url();
+    let mut env = env_for(&target, &db_url, &port);
+    env.extend([
+        ("REDIS_URL", redis.as_str()),
+        ("MAILER_WORKERS", "2"),
+        ("SHUTDOWN_TIMEOUT", "10"),
+    ]);
+
+    let mut p = ServiceProcess::start(&env);
+    wait_ready(&p);
+    let uuids: Vec<String> = (0..6)
+        .map(|i| post_notify(&p, &format!("t{i}")).unwrap())
+        .collect();
+    poll_until(Duration::from_secs(10), "a send in flight", || async {
+        statuses(&target).await.iter().any(|(_, s)| s == "sending")
+    })
+    .await;
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    let logs = p.stdout_lines().join("\n");
+    assert!(logs.contains("shutdown complete"), "{logs}");
+    // The sends in flight finished; the rest is still queued, none is lost
+    // or stuck in `sending`.
+    let after = statuses(&target).await;
+    assert_eq!(after.len(), 6);
+    assert!(
+        after.iter().all(|(_, s)| s == "sent" || s == "queued"),
+        "{after:?}"
+    );
+    assert!(after.iter().any(|(_, s)| s == "sent"));
+
+    sink.set_mode(Mode::Accept);
+    let p2 = ServiceProcess::start(&env);
+    poll_until(
+        Duration::from_secs(30),
+        "all sent after restart",
+        || async { statuses(&target).await.iter().all(|(_, s)| s == "sent") },
+    )
+    .await;
+    let counts = sink.by_message_id();
+    assert_eq!(counts.len(), 6);
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    for u in &uuids {
+        assert!(counts.keys().any(|k| k.contains(u.as_str())));
+    }
+    drop(p2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_signal_exits_at_once() {
+    let sink = SmtpSink::start(Mode::Hang).await;
+    let target = Target::fresh();
+    let db_url = database_url(&target.database);
+    let port = sink.addr.port().to_string();
+    let redis = redis_url();
+    let mut env = env_for(&target, &db_url, &port);
+    env.extend([
+        ("REDIS_URL", redis.as_str()),
+        ("EMAIL_TIMEOUT", "60"),
+        ("SHUTDOWN_TIMEOUT", "60"),
+    ]);
+    let mut p = ServiceProcess::start(&env);
+    wait_ready(&p);
+    post_notify(&p, "hang").unwrap();
+    poll_until(Duration::from_secs(10), "a send in flight", || async {
+        statuses(&target).await.iter().any(|(_, s)| s == "sending")
+    })
+    .await;
+    p.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    let second = Instant::now();
+    p.signal("INT");
+    assert_eq!(p.wait_exit(Duration::from_secs(5)), Some(130));
+    assert!(second.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_during_a_burst_loses_no_accepted_message() {
+    let sink = SmtpSink::start(Mode::Slow(Duration::from_millis(30))).await;
+    let target = Target::fresh();
+    let db_url = database_url(&target.database);
+    let port = sink.addr.port().to_string();
+    let redis = redis_url();
+    let mut env = env_for(&target, &db_url, &port);
+    // A short SMTP timeout makes the lease (2 × timeout + 20 s) shorter.
+    env.extend([("REDIS_URL", redis.as_str()), ("EMAIL_TIMEOUT", "1")]);
+
+    let mut p = ServiceProcess::start(&env);
+    wait_ready(&p);
+    let addr = p.addr;
+    // Accept from a thread while the main thread kills the process.
+    let poster = std::thread::spawn(move || {
+        let mut accepted = Vec::new();
+        for i in 0..400 {
+            let body =
+                json!({"to": "a@example.org", "subject": format!("k{i}"), "body": "b"}).to_string();
+            let (status, resp) = http(addr, "POST", "/api/notify/", Some(&body));
+            match status {
+                202 => accepted.push(
+                    serde_json::from_str::<Value>(&resp).unwrap()["uuid"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                ),
+                _ => break,
+            }
+        }
+        accepted
+    });
+    poll_until(Duration::from_secs(20), "some deliveries", || async {
+        sink.received().len() >= 30
+    })
+    .await;
+    p.kill9();
+    let accepted = poster.join().unwrap();
+    assert!(accepted.len() >= 30, "accepted {}", accepted.len());
+
+    let p2 = ServiceProcess::start(&env);
+    // Bound: retry schedule + the lease of sends cut by the kill.
+    poll_until(
+        Duration::from_secs(60),
+        "every accepted message to finish",
+        || async {
+            let s = statuses(&target).await;
+            s.iter().all(|(_, st)| st == "sent" || st == "failed")
+        },
+    )
+    .await;
+    let s = statuses(&target).await;
+    let known: HashSet<&str> = s.iter().map(|(u, _)| u.as_str()).collect();
+    for u in &accepted {
+        assert!(known.contains(u.as_str()), "accepted {u} is missing");
+    }
+    assert!(s.iter().all(|(_, st)| st == "sent"), "{s:?}");
+    let counts = sink.by_message_id();
+    let duplicates: usize = counts.values().map(|&n| n.saturating_sub(1)).sum();
+    eprintln!(
+        "kill -9: {} accepted, {} delivered, {duplicates} duplicate(s)",
+        accepted.len(),
+        counts.len()
+    );
+    assert_eq!(counts.len(), s.len());
+    // Only a send in flight at the kill may repeat: at most one per mailer.
+    assert!(duplicates <= 4, "{duplicates} duplicates");
+    drop(p2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logs_are_json_lines_with_request_and_attempt_fields_and_no_secrets() {
+    let sink = SmtpSink::start(Mode::Accept).await;
+    let target = Target::fresh();
+    // Trust authentication ignores the password, so it can be a marker.
+    let db_url =
+        database_url(&target.database).replacen("postgres@", "postgres:db-pass-marker@", 1);
+    let port = sink.addr.port().to_string();
+    let redis = redis_url();
+    let mut env = env_for(&target, &db_url, &port);
+    env.extend([
+        ("REDIS_URL", redis.as_str()),
+        ("EMAIL_HOST_PASSWORD", "smtp-pass-marker"),
+        ("API_TOKEN", "token-marker"),
+    ]);
+    let p = ServiceProcess::start(&env);
+    wait_ready(&p);
+    {
+        use std::io::{Read, Write};
+        let body =
+            json!({"to": "a@example.org", "subject": "s", "body": "body-text-marker"}).to_string();
+        let mut s = std::net::TcpStream::connect(p.addr).unwrap();
+        write!(
+            s,
+            "POST /api/notify HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer token-marker\r\nX-Request-Id: req-marker-1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 202"), "{out}");
+        assert!(
+            out.to_ascii_lowercase()
+                .contains("x-request-id: req-marker-1")
+        );
+    }
+    poll_until(Duration::from_secs(20), "the delivery log line", || async {
+        p.stdout_lines()
+            .iter()
+            .any(|l| l.contains("delivery attempt"))
+    })
+    .await;
+    let lines = p.stdout_lines();
+    let events: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for e in &events {
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(e.get(field).is_some(), "{field} missing in {e}");
+        }
+    }
+    let request = events
+        .iter()
+        .find(|e| e["message"] == "request" && e["request_id"] == "req-marker-1")
+        .expect("the request line");
+    assert_eq!(request["method"], "POST");
+    assert_eq!(request["path"], "/api/notify");
+    assert_eq!(request["status_code"], 202);
+    assert!(request["duration_ms"].is_number());
+    let attempt = events
+        .iter()
+        .find(|e| e["message"] == "delivery attempt")
+        .unwrap();
+    for field in ["uuid", "kind", "attempt", "outcome", "duration_ms"] {
+        assert!(attempt.get(field).is_some(), "{field} missing in {attempt}");
+    }
+    let all = format!("{}\n{}", lines.join("\n"), p.stderr_lines().join("\n"));
+    for secret in [
+        "db-pass-marker",
+        "smtp-pass-marker",
+        "token-marker",
+        "body-text-marker",
+    ] {
+        assert!(!all.contains(secret), "{secret} leaked into the logs");
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_panic_is_logged_as_one_json_line_and_the_service_goes_on() {
+    let target = Target::fresh();
+    let db_url = database_url(&target.database);
+    let redis = redis_url();
+    let env = [
+        ("DATABASE_URL", db_url.as_str()),
+        ("REDIS_URL", redis.as_str()),
+        ("REDIS_KEY_PREFIX", target.prefix.as_str()),
+        ("EMAIL_RETRY_BASE_DELAY_MS", "100"),
+    ];
+    let p = ServiceProcess::start(&env);
+    wait_ready(&p);
+    let body = format!("crash {}", email_service::faults::MAILER_PANIC);
+    let payload = json!({"to": "a@example.org", "subject": "s", "body": body}).to_string();
+    let (status, _) = http(p.addr, "POST", "/api/notify/", Some(&payload));
+    assert_eq!(status, 202);
+    poll_until(Duration::from_secs(20), "the retry to be sent", || async {
+        statuses(&target).await.iter().all(|(_, s)| s == "sent")
+    })
+    .await;
+    let panic_line = p
+        .stdout_lines()
+        .into_iter()
+        .find(|l| l.contains("\"target\":\"panic\""))
+        .expect("a panic line on stdout");
+    let v: Value = serde_json::from_str(&panic_line).unwrap();
+    assert_eq!(v["level"], "ERROR");
+    assert!(v["panic"].as_str().unwrap().contains("injected fault"));
+    assert!(
+        !p.stderr_lines().iter().any(|l| l.contains("panicked at")),
+        "the default hook must not print: {:?}",
+        p.stderr_lines()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_database_down_at_start_livez_answers_and_healthz_says_why() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let db_url = format!("postgres://postgres@127.0.0.1:{closed}/nowhere");
+    let redis = redis_url();
+    let target = Target::fresh();
+    let p = ServiceProcess::start(&[
+        ("DATABASE_URL", db_url.as_str()),
+        ("REDIS_URL", redis.as_str()),
+        ("REDIS_KEY_PREFIX", target.prefix.as_str()),
+    ]);
+    assert_eq!(http(p.addr, "GET", "/livez", None).0, 200);
+    let (status, body) = http(p.addr, "GET", "/healthz", None);
+    assert_eq!(status, 503);
+    let h: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        h["checks"]["database"]
+            .as_str()
+            .unwrap()
+            .starts_with("error"),
+        "{h}"
+    );
+    let post = json!({"to": "a@example.org", "subject": "s", "body": "b"}).to_string();
+    let started = Instant::now();
+    let (status, body) = http(p.addr, "POST", "/api/notify/", Some(&post));
+    assert_eq!(status, 503, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    poll_until(Duration::from_secs(10), "a retry log line", || async {
+        p.stdout_lines()
+            .iter()
+            .any(|l| l.contains("database not ready; retrying"))
+    })
+    .await;
+}
