@@ -18,11 +18,12 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc};
 
 use uuid::Uuid;
 
 use crate::config::RetryPolicy;
-use crate::domain::MessageKind;
+use crate::domain::{Fingerprint, MessageKind, NewMessage};
 use crate::store::delivery::{self, AttemptResult, MailJob, Settled};
 use crate::store::{
     self, AcceptOutcome, AcceptRequest, ListQuery, MessageRef, MessageView, Page, Pool, StoreError,
@@ -83,6 +84,9 @@ pub struct PersistenceArgs {
 
 pub struct PersistenceState {
     pool: Pool,
+    /// Plain accepts go to the group-commit loop.
+    batcher: mpsc::Sender<Pending>,
+    _batch_loop: AbortOnDrop,
     retry: RetryPolicy,
     schema_ready: Arc<AtomicBool>,
     _prepare: Option<AbortOnDrop>,
@@ -125,7 +129,11 @@ impl Actor for Persistence {
                 }
             }
         }));
+        let (batcher, pending) = mpsc::channel(BATCH_QUEUE);
+        let batch_loop = AbortOnDrop(tokio::spawn(group_commit(args.pool.clone(), pending)));
         Ok(PersistenceState {
+            batcher,
+            _batch_loop: batch_loop,
             pool: args.pool,
             retry: args.retry,
             schema_ready: args.schema_ready,
@@ -143,6 +151,21 @@ impl Actor for Persistence {
         let ready = state.schema_ready.load(Ordering::Acquire);
         let pool = state.pool.clone();
         match msg {
+            PersistenceMsg::Accept(req, reply) if ready && req.is_plain() => {
+                let pending = Pending {
+                    item: (req.message, req.fingerprint),
+                    reply,
+                };
+                if let Err(e) = state.batcher.try_send(pending) {
+                    let pending = match e {
+                        mpsc::error::TrySendError::Full(p)
+                        | mpsc::error::TrySendError::Closed(p) => p,
+                    };
+                    let _ = pending.reply.send(Err(StoreError::Unavailable(
+                        "too many accepts waiting for the database".into(),
+                    )));
+                }
+            }
             PersistenceMsg::Accept(req, reply) => {
                 run(
                     ready,
@@ -243,6 +266,66 @@ fn run<T: Send + 'static>(
         };
         let _ = reply.send(result);
     });
+}
+
+/// An accept waiting for its group commit.
+struct Pending {
+    item: (NewMessage, Fingerprint),
+    reply: RpcReplyPort<Result<AcceptOutcome, StoreError>>,
+}
+
+/// Accepts waiting at most; past this, new ones are refused with a 503
+/// rather than queued without bound.
+const BATCH_QUEUE: usize = 8192;
+/// Rows in one commit at most.
+const MAX_BATCH: usize = 512;
+/// Commits in flight at once. While they run, new accepts gather in the
+/// queue and go together into the next commit: the batch grows with the
+/// load, and a lone request commits at once, with no timer.
+const COMMITS_IN_FLIGHT: usize = 4;
+
+async fn group_commit(pool: Pool, mut pending: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(COMMITS_IN_FLIGHT));
+    while let Some(first) = pending.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(16);
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match pending.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        // A caller that gave up (timed out) got a 503: storing its message
+        // now would deliver mail the client believes was refused.
+        batch.retain(|p| !p.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            // The slot is released when this commit is answered.
+            let _slot = slot;
+            let (items, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.item, p.reply)).unzip();
+            let result = tokio::time::timeout(OP_TIMEOUT, store::accept_batch(&pool, &items)).await;
+            let failure = match result {
+                Ok(Ok(outcomes)) => {
+                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                    return;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "database did not answer in time".to_owned(),
+            };
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Unavailable(failure.clone())));
+            }
+        });
+    }
 }
 
 /// Creates the database and applies migrations, retrying until it works.

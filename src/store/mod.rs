@@ -15,6 +15,7 @@
 pub mod delivery;
 pub mod migrate;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bb8_postgres::PostgresConnectionManager;
@@ -24,7 +25,9 @@ use serde_json::{Map, Value};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-use crate::domain::{Fingerprint, IdempotencyKey, MessageKind, NewMessage, Status};
+use crate::domain::{
+    Fingerprint, IdempotencyKey, MessageKind, NewContact, NewMessage, NewNotification, Status,
+};
 
 pub type Pool = bb8::Pool<PostgresConnectionManager<NoTls>>;
 
@@ -106,6 +109,14 @@ pub struct AcceptRequest {
     pub key_ttl: Duration,
 }
 
+impl AcceptRequest {
+    /// Without an idempotency key or a client-chosen uuid, an accept cannot
+    /// conflict with anything, so it can share a commit with others.
+    pub fn is_plain(&self) -> bool {
+        self.key.is_none() && self.message.uuid().is_none()
+    }
+}
+
 /// What the client is answered. `body` is the exact JSON text, so that a
 /// replay is byte-identical to the first answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +150,116 @@ fn accepted_body(kind: MessageKind, id: i64, uuid: Uuid) -> String {
         message: kind.accepted_message(),
     })
     .expect("plain struct serializes")
+}
+
+/// Group commit: stores many plain accepts (no idempotency key, no client
+/// uuid, so no conflict is possible) in one transaction, with one multi-row
+/// INSERT per kind. Returns each message's outcome, in input order. The
+/// whole batch commits or fails together; only its own requests see a
+/// failure.
+pub async fn accept_batch(
+    pool: &Pool,
+    items: &[(NewMessage, Fingerprint)],
+) -> Result<Vec<AcceptOutcome>, StoreError> {
+    let uuids: Vec<Uuid> = items.iter().map(|_| Uuid::new_v4()).collect();
+    let mut conn = pool.get().await?;
+    let tx = conn.transaction().await?;
+    let mut ids: HashMap<Uuid, i64> = HashMap::with_capacity(items.len());
+    let hashes = |pick: &dyn Fn(&NewMessage) -> bool| -> Vec<&[u8]> {
+        items
+            .iter()
+            .filter(|(m, _)| pick(m))
+            .map(|(_, f)| f.as_bytes())
+            .collect()
+    };
+    let picked_uuids = |pick: &dyn Fn(&NewMessage) -> bool| -> Vec<Uuid> {
+        items
+            .iter()
+            .zip(&uuids)
+            .filter(|((m, _), _)| pick(m))
+            .map(|(_, u)| *u)
+            .collect()
+    };
+    let contacts: Vec<&NewContact> = items
+        .iter()
+        .filter_map(|(m, _)| match m {
+            NewMessage::Contact(c) => Some(c),
+            NewMessage::Notify(_) => None,
+        })
+        .collect();
+    let is_contact = |m: &NewMessage| matches!(m, NewMessage::Contact(_));
+    let is_notify = |m: &NewMessage| matches!(m, NewMessage::Notify(_));
+    if !contacts.is_empty() {
+        let names: Vec<&str> = contacts.iter().map(|c| c.name.as_str()).collect();
+        let emails: Vec<&str> = contacts.iter().map(|c| c.email.as_ref()).collect();
+        let messages: Vec<&str> = contacts.iter().map(|c| c.message.as_str()).collect();
+        let rows = tx
+            .query(
+                "INSERT INTO contact_messages (uuid, name, email, message, request_hash, next_attempt_at)
+                 SELECT u, n, e, m, h, now()
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[]) AS t(u, n, e, m, h)
+                 RETURNING uuid, id",
+                &[&picked_uuids(&is_contact), &names, &emails, &messages, &hashes(&is_contact)],
+            )
+            .await?;
+        for r in &rows {
+            ids.insert(r.try_get(0)?, r.try_get(1)?);
+        }
+    }
+    let notes: Vec<&NewNotification> = items
+        .iter()
+        .filter_map(|(m, _)| match m {
+            NewMessage::Notify(n) => Some(n),
+            NewMessage::Contact(_) => None,
+        })
+        .collect();
+    if !notes.is_empty() {
+        let to: Vec<&str> = notes.iter().map(|n| n.to.as_ref()).collect();
+        let subjects: Vec<&str> = notes.iter().map(|n| n.subject.as_str()).collect();
+        let bodies: Vec<&str> = notes.iter().map(|n| n.body.as_str()).collect();
+        let html: Vec<Option<&str>> = notes.iter().map(|n| n.html.as_deref()).collect();
+        let metadata: Vec<Option<Value>> = notes
+            .iter()
+            .map(|n| n.metadata.clone().map(Value::Object))
+            .collect();
+        let rows = tx
+            .query(
+                "INSERT INTO notifications
+                   (uuid, recipient, subject, body, html, metadata, request_hash, next_attempt_at)
+                 SELECT u, r, s, b, h, m, x, now()
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                             $6::jsonb[], $7::bytea[]) AS t(u, r, s, b, h, m, x)
+                 RETURNING uuid, id",
+                &[
+                    &picked_uuids(&is_notify),
+                    &to,
+                    &subjects,
+                    &bodies,
+                    &html,
+                    &metadata,
+                    &hashes(&is_notify),
+                ],
+            )
+            .await?;
+        for r in &rows {
+            ids.insert(r.try_get(0)?, r.try_get(1)?);
+        }
+    }
+    tx.commit().await?;
+    items
+        .iter()
+        .zip(&uuids)
+        .map(|((m, _), uuid)| {
+            let id = *ids
+                .get(uuid)
+                .ok_or_else(|| StoreError::Unavailable("a batched row was not returned".into()))?;
+            Ok(AcceptOutcome::Accepted {
+                status: 202,
+                body: accepted_body(m.kind(), id, *uuid),
+                id,
+            })
+        })
+        .collect()
 }
 
 pub async fn accept(pool: &Pool, req: &AcceptRequest) -> Result<AcceptOutcome, StoreError> {
