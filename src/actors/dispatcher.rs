@@ -45,6 +45,8 @@ pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 pub const OVERDUE_GRACE: Duration = Duration::from_secs(5);
 /// Stream entries left pending by a dead consumer are dropped after this.
 const STALE_PENDING: Duration = Duration::from_secs(120);
+/// Jobs claimed ahead for each mailer, beyond the one it is sending.
+const PREFETCH_PER_MAILER: usize = 2;
 /// Budget for one persistence call made by the dispatcher.
 const PERSISTENCE_CALL_MS: u64 = 5000;
 
@@ -74,7 +76,9 @@ pub enum DispatcherMsg {
     // ----- reports from the dispatcher's own tasks -----
     Read(Result<Vec<Entry>, redis::RedisError>),
     Claimed(Vec<Entry>, Result<Vec<MailJob>, String>),
-    Recorded(Option<String>, Option<Settled>),
+    /// A batch of outcomes was written: the entries to acknowledge and, for
+    /// each recorded job, where its message stands now.
+    Recorded(Vec<String>, Vec<Settled>),
     Flushed,
     Tick,
     TickDone(Option<(u64, u64)>),
@@ -114,7 +118,10 @@ pub struct DispatcherState {
     waiting: VecDeque<InFlight>,
     reading: bool,
     claiming: usize,
-    recording: usize,
+    /// Outcomes waiting to be written; one batch is written at a time, and
+    /// what arrives meanwhile goes into the next (group commit).
+    to_record: Vec<(Option<String>, MailJob, AttemptResult)>,
+    recording: bool,
     to_enqueue: Vec<(MessageKind, i64)>,
     flushing: bool,
     ticking: bool,
@@ -170,7 +177,8 @@ impl Actor for Dispatcher {
             waiting: VecDeque::new(),
             reading: false,
             claiming: 0,
-            recording: 0,
+            to_record: Vec::new(),
+            recording: false,
             to_enqueue: Vec::new(),
             flushing: false,
             ticking: false,
@@ -303,24 +311,23 @@ impl Actor for Dispatcher {
                 state.claimed(entries, result);
                 state.pump(&myself);
             }
-            DispatcherMsg::Recorded(entry, settled) => {
-                state.recording -= 1;
+            DispatcherMsg::Recorded(entries, settled) => {
+                state.recording = false;
                 let queue = state.queue.clone();
                 tokio::spawn(async move {
-                    if let Some(s) = settled.filter(|s| s.status == "queued")
-                        && let Some(due) = s.next_attempt_at
-                        && let Err(e) = queue
-                            .schedule(&[(s.kind, s.id, due.timestamp_millis())])
-                            .await
-                    {
-                        tracing::warn!(error = %e, "scheduling a retry in Redis failed; the reconciler will pick it up");
+                    let retries: Vec<_> = settled
+                        .iter()
+                        .filter(|s| s.status == "queued")
+                        .filter_map(|s| Some((s.kind, s.id, s.next_attempt_at?.timestamp_millis())))
+                        .collect();
+                    if let Err(e) = queue.schedule(&retries).await {
+                        tracing::warn!(error = %e, "scheduling retries in Redis failed; the reconciler will pick them up");
                     }
-                    if let Some(entry) = entry
-                        && let Err(e) = queue.ack(&[entry]).await
-                    {
-                        tracing::warn!(error = %e, "acknowledging a stream entry failed");
+                    if let Err(e) = queue.ack(&entries).await {
+                        tracing::warn!(error = %e, "acknowledging stream entries failed");
                     }
                 });
+                state.flush_records(&myself);
                 state.check_drained();
             }
             DispatcherMsg::Tick => {
@@ -407,9 +414,13 @@ impl DispatcherState {
             let flight = self.waiting.pop_front().expect("not empty");
             self.assign(myself, i, flight);
         }
-        let free = self
-            .idle_mailers()
-            .saturating_sub(self.claiming + self.waiting.len());
+        // Each live mailer may have one job in hand and one claimed behind
+        // it, so a mailer finishing a send finds its next job without a
+        // round trip to Redis and PostgreSQL.
+        let up = self.slots.iter().filter(|s| s.up).count();
+        let busy = self.slots.iter().filter(|s| s.job.is_some()).count();
+        let free = (up * (1 + PREFETCH_PER_MAILER))
+            .saturating_sub(busy + self.claiming + self.waiting.len());
         if self.stopped || self.reading || free == 0 {
             return;
         }
@@ -516,36 +527,45 @@ impl DispatcherState {
         flight: InFlight,
         result: AttemptResult,
     ) {
-        self.recording += 1;
         self.metrics
             .attempt(flight.job.kind.as_str(), result.outcome.as_str());
         self.metrics
             .send_duration
             .observe(result.duration_ms as f64 / 1000.0);
+        self.to_record.push((flight.entry, flight.job, result));
+        self.flush_records(myself);
+    }
+
+    /// Writes the waiting outcomes in one commit, unless a write is running
+    /// (then they go with the next one).
+    fn flush_records(&mut self, myself: &ActorRef<DispatcherMsg>) {
+        if self.recording || self.to_record.is_empty() {
+            return;
+        }
+        self.recording = true;
+        let batch = std::mem::take(&mut self.to_record);
         let persistence = self.peers.persistence().ok();
         let me = myself.clone();
         tokio::spawn(async move {
-            let settled = match persistence {
-                None => None,
-                Some(p) => match ractor::call_t!(
-                    p,
-                    PersistenceMsg::Finish,
-                    PERSISTENCE_CALL_MS,
-                    Box::new(flight.job.clone()),
-                    Box::new(result)
-                ) {
-                    Ok(Ok(settled)) => settled,
-                    Ok(Err(e)) => {
-                        tracing::warn!(uuid = %flight.job.uuid, error = %e, "recording an attempt failed; the lease will expire and the message will be retried");
-                        None
+            let (entries, done): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|(e, j, r)| (e, (j, r))).unzip();
+            let result = match persistence {
+                None => Err("persistence is restarting".to_owned()),
+                Some(p) => {
+                    match ractor::call_t!(p, PersistenceMsg::FinishBatch, PERSISTENCE_CALL_MS, done)
+                    {
+                        Ok(Ok(settled)) => Ok(settled.into_iter().flatten().collect()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
                     }
-                    Err(e) => {
-                        tracing::warn!(uuid = %flight.job.uuid, error = %e, "recording an attempt failed; the lease will expire and the message will be retried");
-                        None
-                    }
-                },
+                }
             };
-            let _ = me.cast(DispatcherMsg::Recorded(flight.entry, settled));
+            let settled = result.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "recording attempts failed; their leases will expire and the messages will be retried");
+                Vec::new()
+            });
+            let entries = entries.into_iter().flatten().collect();
+            let _ = me.cast(DispatcherMsg::Recorded(entries, settled));
         });
     }
 
@@ -612,7 +632,10 @@ impl DispatcherState {
     }
 
     fn check_drained(&mut self) {
-        let idle = self.in_flight() == 0 && self.recording == 0 && self.claiming == 0;
+        let idle = self.in_flight() == 0
+            && !self.recording
+            && self.to_record.is_empty()
+            && self.claiming == 0;
         if idle && let Some(reply) = self.draining.take() {
             let _ = reply.send(true);
         }

@@ -56,10 +56,10 @@ pub enum PersistenceMsg {
         Duration,
         RpcReplyPort<Result<Vec<MailJob>, StoreError>>,
     ),
-    Finish(
-        Box<MailJob>,
-        Box<AttemptResult>,
-        RpcReplyPort<Result<Option<Settled>, StoreError>>,
+    /// Outcomes of finished attempts, recorded in one commit.
+    FinishBatch(
+        Vec<(MailJob, AttemptResult)>,
+        RpcReplyPort<Result<Vec<Option<Settled>>, StoreError>>,
     ),
     ReclaimExpired(RpcReplyPort<Result<Vec<Settled>, StoreError>>),
     Overdue(
@@ -188,10 +188,10 @@ impl Actor for Persistence {
                     delivery::claim(&pool, &jobs, token, lease).await
                 });
             }
-            PersistenceMsg::Finish(job, result, reply) => {
+            PersistenceMsg::FinishBatch(done, reply) => {
                 let retry = state.retry.clone();
                 run(ready, reply, async move {
-                    delivery::finish(&pool, &job, &result, &retry).await
+                    delivery::finish_batch(&pool, &done, &retry).await
                 });
             }
             PersistenceMsg::ReclaimExpired(reply) => {

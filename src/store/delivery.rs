@@ -8,6 +8,7 @@
 //! and a lease end; the outcome is written only by the holder of that token,
 //! so a late finish after a reclaim cannot overwrite newer state.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -158,76 +159,112 @@ pub async fn claim(
     Ok(claimed)
 }
 
-/// Records an attempt's outcome and moves the message on: `sent`, `queued`
-/// for a retry after the policy's delay, or `failed`. `None` when the lease
-/// was lost meanwhile (reclaimed after expiry): then nothing is written.
-pub async fn finish(
-    pool: &Pool,
+/// What a message becomes after an attempt: `(status, retry_count, delay
+/// before the next attempt)`.
+fn next_state(
     job: &MailJob,
     result: &AttemptResult,
     policy: &RetryPolicy,
-) -> Result<Option<Settled>, StoreError> {
+) -> (&'static str, i32, Option<Duration>) {
     let retryable = matches!(result.outcome, Outcome::Transient | Outcome::Crash);
-    let (status, retry_count, delay) = match result.outcome {
+    match result.outcome {
         Outcome::Sent => ("sent", job.retry_count, None),
         _ if retryable && (job.retry_count as u32) < policy.max_retries => {
             let n = job.retry_count + 1;
             ("queued", n, Some(policy.delay(n as u32)))
         }
         _ => ("failed", job.retry_count, None),
-    };
+    }
+}
+
+/// Records attempts' outcomes and moves each message on: `sent`, `queued`
+/// for a retry after the policy's delay, or `failed`; all in one commit,
+/// with one statement per table and kind. An entry is `None` when its lease
+/// was lost meanwhile (reclaimed after expiry): then nothing is written for
+/// it, so a late outcome cannot overwrite newer state.
+pub async fn finish_batch(
+    pool: &Pool,
+    done: &[(MailJob, AttemptResult)],
+    policy: &RetryPolicy,
+) -> Result<Vec<Option<Settled>>, StoreError> {
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
-    let row = tx
-        .query_opt(
-            &format!(
-                "UPDATE {} SET status = $3, retry_count = $4,
-                    next_attempt_at = CASE WHEN $5::float8 IS NULL THEN NULL
-                                           ELSE now() + make_interval(secs => $5::float8) END,
-                    sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END,
-                    error_message = COALESCE($6, error_message),
-                    lease_owner = NULL, lease_until = NULL, updated_at = now()
-                 WHERE id = $1 AND status = 'sending' AND lease_owner = $2
-                 RETURNING next_attempt_at",
-                table(job.kind)
-            ),
-            &[
-                &job.id,
-                &job.lease_token.to_string(),
-                &status,
-                &retry_count,
-                &delay.map(|d| d.as_secs_f64()),
-                &result.error,
-            ],
+    let mut settled: HashMap<(MessageKind, i64), Settled> = HashMap::new();
+    for kind in [MessageKind::Contact, MessageKind::Notify] {
+        let mine: Vec<&(MailJob, AttemptResult)> =
+            done.iter().filter(|(j, _)| j.kind == kind).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let states: Vec<_> = mine.iter().map(|(j, r)| next_state(j, r, policy)).collect();
+        let ids: Vec<i64> = mine.iter().map(|(j, _)| j.id).collect();
+        let tokens: Vec<String> = mine
+            .iter()
+            .map(|(j, _)| j.lease_token.to_string())
+            .collect();
+        let statuses: Vec<&str> = states.iter().map(|s| s.0).collect();
+        let retries: Vec<i32> = states.iter().map(|s| s.1).collect();
+        let delays: Vec<Option<f64>> = states
+            .iter()
+            .map(|s| s.2.map(|d| d.as_secs_f64()))
+            .collect();
+        let errors: Vec<Option<&str>> = mine.iter().map(|(_, r)| r.error.as_deref()).collect();
+        let rows = tx
+            .query(
+                &format!(
+                    "UPDATE {} m SET status = u.status, retry_count = u.retry_count,
+                        next_attempt_at = CASE WHEN u.delay IS NULL THEN NULL
+                                               ELSE now() + make_interval(secs => u.delay) END,
+                        sent_at = CASE WHEN u.status = 'sent' THEN now() ELSE m.sent_at END,
+                        error_message = COALESCE(u.error, m.error_message),
+                        lease_owner = NULL, lease_until = NULL, updated_at = now()
+                     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::text[])
+                          AS u(id, token, status, retry_count, delay, error)
+                     WHERE m.id = u.id AND m.status = 'sending' AND m.lease_owner = u.token
+                     RETURNING m.id, m.status, m.next_attempt_at",
+                    table(kind)
+                ),
+                &[&ids, &tokens, &statuses, &retries, &delays, &errors],
+            )
+            .await?;
+        for row in &rows {
+            let s = Settled {
+                kind,
+                id: row.try_get(0)?,
+                status: row.try_get(1)?,
+                next_attempt_at: row.try_get(2)?,
+            };
+            settled.insert((kind, s.id), s);
+        }
+        let won: Vec<&&(MailJob, AttemptResult)> = mine
+            .iter()
+            .filter(|(j, _)| settled.contains_key(&(kind, j.id)))
+            .collect();
+        if won.is_empty() {
+            continue;
+        }
+        let ids: Vec<i64> = won.iter().map(|(j, _)| j.id).collect();
+        let numbers: Vec<i32> = won.iter().map(|(j, _)| j.attempt).collect();
+        let outcomes: Vec<&str> = won.iter().map(|(_, r)| r.outcome.as_str()).collect();
+        let codes: Vec<Option<i32>> = won.iter().map(|(_, r)| r.smtp_code).collect();
+        let replies: Vec<Option<&str>> = won.iter().map(|(_, r)| r.smtp_reply.as_deref()).collect();
+        let errors: Vec<Option<&str>> = won.iter().map(|(_, r)| r.error.as_deref()).collect();
+        let durations: Vec<i64> = won.iter().map(|(_, r)| r.duration_ms).collect();
+        tx.execute(
+            "UPDATE delivery_attempts a SET finished_at = now(), outcome = u.outcome,
+                smtp_code = u.code, smtp_reply = u.reply, error = u.error, duration_ms = u.duration
+             FROM unnest($2::bigint[], $3::int[], $4::text[], $5::int[], $6::text[], $7::text[], $8::bigint[])
+                  AS u(id, number, outcome, code, reply, error, duration)
+             WHERE a.kind = $1 AND a.message_id = u.id AND a.number = u.number",
+            &[&kind.as_str(), &ids, &numbers, &outcomes, &codes, &replies, &errors, &durations],
         )
         .await?;
-    let Some(row) = row else {
-        tx.rollback().await?;
-        return Ok(None);
-    };
-    tx.execute(
-        "UPDATE delivery_attempts SET finished_at = now(), outcome = $4, smtp_code = $5,
-            smtp_reply = $6, error = $7, duration_ms = $8
-         WHERE kind = $1 AND message_id = $2 AND number = $3",
-        &[
-            &job.kind.as_str(),
-            &job.id,
-            &job.attempt,
-            &result.outcome.as_str(),
-            &result.smtp_code,
-            &result.smtp_reply,
-            &result.error,
-            &result.duration_ms,
-        ],
-    )
-    .await?;
+    }
     tx.commit().await?;
-    Ok(Some(Settled {
-        kind: job.kind,
-        id: job.id,
-        status: status.to_owned(),
-        next_attempt_at: row.try_get(0)?,
-    }))
+    Ok(done
+        .iter()
+        .map(|(j, _)| settled.remove(&(j.kind, j.id)))
+        .collect())
 }
 
 /// Turns expired leases (their sender died mid-send) into scheduled retries,
