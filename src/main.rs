@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use email_service::config::Config;
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return healthcheck();
+    }
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -68,5 +71,30 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// `email-service healthcheck`: exit 0 when this container's service answers
+/// `/livez` with 200. It lets the image's `HEALTHCHECK` work without a shell
+/// or curl in the runtime image.
+fn healthcheck() -> ExitCode {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8002".into());
+    let addr = format!("127.0.0.1:{}", port.trim());
+    let probe = || -> std::io::Result<bool> {
+        let addr = addr
+            .parse()
+            .map_err(|_| std::io::Error::other("bad PORT"))?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET /livez HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.1 200"))
+    };
+    match probe() {
+        Ok(true) => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
     }
 }
