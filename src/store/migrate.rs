@@ -45,6 +45,9 @@ pub async fn ensure_database(config: &Config) -> Result<(), StoreError> {
 
 pub async fn run(config: &Config) -> Result<(), StoreError> {
     let mut client = connect(config).await?;
+    // Migrations may legitimately run long (an index on a big table) and
+    // wait for the other instance's lock.
+    client.batch_execute("SET statement_timeout = 0").await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;

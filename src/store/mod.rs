@@ -35,6 +35,9 @@ pub type Pool = bb8::Pool<PostgresConnectionManager<NoTls>>;
 /// must turn into a `503` quickly, not after bb8's default 30 s.
 pub const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Longest a single statement may run on the server.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_millis(2500);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database unavailable: {0}")]
@@ -81,6 +84,14 @@ pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
         .map_err(|e: tokio_postgres::Error| StoreError::Unavailable(e.to_string()))?;
     config.connect_timeout(CHECKOUT_TIMEOUT);
     config.application_name("email-service");
+    // The server enforces the same budget as our own timeouts: a statement
+    // stuck on a lock is cancelled there, so its connection comes back to
+    // the pool usable instead of queueing every later query behind it. A
+    // transaction left open by a cancelled request is ended too.
+    config.options(&format!(
+        "-c statement_timeout={} -c idle_in_transaction_session_timeout=10000",
+        STATEMENT_TIMEOUT.as_millis()
+    ));
     Ok(config)
 }
 
