@@ -88,7 +88,7 @@ pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
     // stuck on a lock is cancelled there, so its connection comes back to
     // the pool usable instead of queueing every later query behind it. A
     // transaction left open by a cancelled request is ended too.
-    config.options(&format!(
+    config.options(format!(
         "-c statement_timeout={} -c idle_in_transaction_session_timeout=10000",
         STATEMENT_TIMEOUT.as_millis()
     ));

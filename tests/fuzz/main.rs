@@ -1,0 +1,229 @@
+//! Fuzzing the request parsing and validation layer through the real
+//! server: arbitrary bytes, arbitrary JSON (deep, huge numbers, odd strings,
+//! NULs, wrong types), mutated valid bodies, and a seed corpus kept in
+//! `tests/fuzz/corpus/`. Every answer must be a 202 or a 4xx with a JSON
+//! body, never a 5xx; and what was answered with a 4xx must not be stored.
+//!
+//! `FUZZ_CASES` sets the number of generated cases per property (CI runs a
+//! short pass; run it longer by hand).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::sync::OnceLock;
+
+use hyper::Method;
+use proptest::prelude::*;
+use serde_json::{Map, Value, json};
+
+use support::{TestApp, spawn_app};
+
+struct Shared {
+    rt: tokio::runtime::Runtime,
+    app: TestApp,
+}
+
+/// One app for every case: starting an app per case would test start-up.
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let app = rt.block_on(spawn_app(&[]));
+        Shared { rt, app }
+    })
+}
+
+fn cases() -> u32 {
+    std::env::var("FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200)
+}
+
+/// Posts `body` to the shared app and checks the invariant; returns the
+/// status.
+fn post(path: &str, content_type: &str, body: Vec<u8>) -> u16 {
+    let s = shared();
+    post_to(&s.rt, &s.app, path, content_type, body)
+}
+
+fn post_to(
+    rt: &tokio::runtime::Runtime,
+    app: &TestApp,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> u16 {
+    let r = rt.block_on(app.request(
+        Method::POST,
+        path,
+        &[("content-type", content_type)],
+        body.clone(),
+    ));
+    assert!(
+        r.status == 202 || (400..500).contains(&r.status),
+        "{path} answered {} to {:?}: {}",
+        r.status,
+        String::from_utf8_lossy(&body),
+        String::from_utf8_lossy(&r.body)
+    );
+    let v: Value = serde_json::from_slice(&r.body).expect("a JSON body");
+    if r.status != 202 {
+        assert!(
+            v.get("errors").is_some() || v.get("detail").is_some(),
+            "a 4xx names the problem: {v}"
+        );
+    }
+    r.status
+}
+
+fn stored_rows(rt: &tokio::runtime::Runtime, app: &TestApp) -> u64 {
+    rt.block_on(async {
+        let db = app.db().await;
+        let n: i64 = db
+            .query_one(
+                "SELECT (SELECT count(*) FROM contact_messages) + (SELECT count(*) FROM notifications)",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n as u64
+    })
+}
+
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        ".{0,40}".prop_map(Value::String),
+        prop_oneof![
+            Just("\u{0}".to_owned()),
+            Just("a\r\nBcc: x@y.z".to_owned()),
+            Just("é".repeat(300)),
+            Just(" ".to_owned()),
+            Just("a@b.co".to_owned()),
+        ]
+        .prop_map(Value::String),
+    ];
+    leaf.prop_recursive(6, 64, 8, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map(".{0,12}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// A notification or contact body with each field maybe replaced by junk.
+fn mutated_body() -> impl Strategy<Value = (bool, Value)> {
+    (
+        any::<bool>(),
+        prop::collection::vec(prop::option::weighted(0.3, any_json()), 8),
+    )
+        .prop_map(|(contact, junk)| {
+            let mut base: Map<String, Value> = if contact {
+                json!({"name": "Ann", "email": "ann@example.org", "message": "hello"})
+            } else {
+                json!({"to": "a@example.org", "subject": "s", "body": "b", "html": "<p>x</p>", "metadata": {"k": 1}})
+            }
+            .as_object()
+            .unwrap()
+            .clone();
+            let fields = ["name", "email", "message", "to", "subject", "body", "metadata", "uuid"];
+            for (field, j) in fields.iter().zip(junk) {
+                if let Some(j) = j {
+                    base.insert((*field).to_owned(), j);
+                }
+            }
+            (contact, Value::Object(base))
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_never_yield_a_5xx(bytes in prop::collection::vec(any::<u8>(), 0..2048), contact in any::<bool>()) {
+        let path = if contact { "/api/contact/" } else { "/api/notify/" };
+        post(path, "application/json", bytes);
+    }
+
+    #[test]
+    fn arbitrary_json_never_yields_a_5xx(v in any_json(), contact in any::<bool>()) {
+        let path = if contact { "/api/contact/" } else { "/api/notify/" };
+        post(path, "application/json", serde_json::to_vec(&v).unwrap());
+    }
+
+    #[test]
+    fn mutated_valid_bodies_are_accepted_or_refused_cleanly((contact, v) in mutated_body()) {
+        let path = if contact { "/api/contact/" } else { "/api/notify/" };
+        post(path, "application/json; charset=utf-8", serde_json::to_vec(&v).unwrap());
+    }
+}
+
+#[test]
+fn the_seed_corpus_never_yields_a_5xx_and_refusals_store_nothing() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus");
+    let mut seeds: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    seeds.sort();
+    assert!(seeds.len() >= 10, "corpus at {}", dir.display());
+    // Its own app, so that the counts are this test's alone.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let app = rt.block_on(spawn_app(&[]));
+    let mut accepted = 0;
+    for seed in &seeds {
+        let body = std::fs::read(seed).unwrap();
+        for path in ["/api/contact/", "/api/notify/"] {
+            if post_to(&rt, &app, path, "application/json", body.clone()) == 202 {
+                accepted += 1;
+            }
+        }
+    }
+    // Only the valid notification (and the duplicate-keys one, whose last
+    // key wins as in Django) may be stored.
+    assert_eq!(stored_rows(&rt, &app), accepted);
+    assert!(accepted <= 2, "{accepted} seeds accepted");
+}
+
+#[test]
+fn oversized_and_chunked_bodies_are_refused_with_413() {
+    let s = shared();
+    let big = format!(
+        "{{\"to\":\"a@b.co\",\"subject\":\"x\",\"body\":\"{}\"}}",
+        "x".repeat(70_000)
+    );
+    assert_eq!(
+        post("/api/notify/", "application/json", big.into_bytes()),
+        413
+    );
+    // Chunked: no Content-Length; the limit applies to what arrives.
+    s.rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(s.app.addr).await.unwrap();
+        let head = "POST /api/notify/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+        c.write_all(head.as_bytes()).await.unwrap();
+        for _ in 0..20 {
+            let chunk = "y".repeat(4096);
+            if c.write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes()).await.is_err() {
+                break;
+            }
+        }
+        let _ = c.write_all(b"0\r\n\r\n").await;
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    });
+}
