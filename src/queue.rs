@@ -152,8 +152,15 @@ impl Queue {
     }
 
     /// Up to `count` new entries for `consumer`, waiting at most
-    /// [`READ_BLOCK`] for the first.
-    pub async fn read(&self, consumer: &str, count: usize) -> redis::RedisResult<Vec<Entry>> {
+    /// [`READ_BLOCK`] for the first; or, with `pending_after`, the entries
+    /// already delivered to `consumer` and not acknowledged, after that id
+    /// (no waiting).
+    pub async fn read(
+        &self,
+        consumer: &str,
+        count: usize,
+        pending_after: Option<&str>,
+    ) -> redis::RedisResult<Vec<Entry>> {
         let mut c = self.reader.clone();
         let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
             .arg("GROUP")
@@ -165,7 +172,7 @@ impl Queue {
             .arg(READ_BLOCK.as_millis() as u64)
             .arg("STREAMS")
             .arg(&self.ready_key)
-            .arg(">")
+            .arg(pending_after.unwrap_or(">"))
             .query_async(&mut c)
             .await?;
         Ok(reply

@@ -75,10 +75,15 @@ pub enum DispatcherMsg {
 
     // ----- reports from the dispatcher's own tasks -----
     Read(Result<Vec<Entry>, redis::RedisError>),
+    /// The pause after a failed read is over.
+    ReadResumed,
     Claimed(Vec<Entry>, Result<Vec<MailJob>, String>),
     /// A batch of outcomes was written: the entries to acknowledge and, for
     /// each recorded job, where its message stands now.
     Recorded(Vec<String>, Vec<Settled>),
+    /// Writing a batch failed; it is written again after a pause.
+    RecordFailed(Vec<(Option<String>, MailJob, AttemptResult)>),
+    RetryRecord,
     Flushed,
     Tick,
     TickDone(Option<(u64, u64)>),
@@ -117,6 +122,9 @@ pub struct DispatcherState {
     /// Claimed, waiting for a mailer (a mailer went down after the claim).
     waiting: VecDeque<InFlight>,
     reading: bool,
+    /// `Some(id)` while replaying this consumer's own pending entries after
+    /// id (after a failed read); `None` when reading new entries.
+    pending_cursor: Option<String>,
     claiming: usize,
     /// Outcomes waiting to be written; one batch is written at a time, and
     /// what arrives meanwhile goes into the next (group commit).
@@ -176,6 +184,7 @@ impl Actor for Dispatcher {
             slots,
             waiting: VecDeque::new(),
             reading: false,
+            pending_cursor: None,
             claiming: 0,
             to_record: Vec::new(),
             recording: false,
@@ -271,15 +280,36 @@ impl Actor for Dispatcher {
                 state.record(&myself, flight, *result);
                 state.pump(&myself);
             }
+            DispatcherMsg::ReadResumed => {
+                state.reading = false;
+                state.pump(&myself);
+            }
             DispatcherMsg::Read(result) => {
                 state.reading = false;
                 match result {
-                    Ok(entries) if entries.is_empty() => {}
                     Ok(entries) => {
                         state.redis_error = None;
-                        state.claim(&myself, entries);
+                        // While replaying our own pending entries, move the
+                        // cursor past what we got; an empty answer means
+                        // none is left, and new entries are read again.
+                        state.pending_cursor = match (&state.pending_cursor, entries.last()) {
+                            (Some(_), Some(last)) => Some(last.stream_id.clone()),
+                            _ => None,
+                        };
+                        if !entries.is_empty() {
+                            state.claim(&myself, entries);
+                        }
                     }
                     Err(e) => {
+                        // One read at a time, also while we pause: a read
+                        // started meanwhile would pile up behind the broken
+                        // one on the reader connection.
+                        state.reading = true;
+                        // A read cut by a client-side timeout may still have
+                        // been answered by Redis: those entries are pending
+                        // for us. Replay them from the start once reading
+                        // works again.
+                        state.pending_cursor = Some("0".to_owned());
                         let missing = queue::is_missing_group(&e);
                         state.redis_error = Some(e.to_string());
                         if missing {
@@ -299,7 +329,7 @@ impl Actor for Dispatcher {
                             } else {
                                 tokio::time::sleep(Duration::from_millis(500)).await;
                             }
-                            let _ = me.cast(DispatcherMsg::Read(Ok(Vec::new())));
+                            let _ = me.cast(DispatcherMsg::ReadResumed);
                         });
                         return Ok(());
                     }
@@ -327,6 +357,18 @@ impl Actor for Dispatcher {
                         tracing::warn!(error = %e, "acknowledging stream entries failed");
                     }
                 });
+                state.flush_records(&myself);
+                state.check_drained();
+            }
+            DispatcherMsg::RecordFailed(mut batch) => {
+                // `recording` stays set until the pause is over, so nothing
+                // else writes meanwhile; the failed batch goes first.
+                batch.append(&mut state.to_record);
+                state.to_record = batch;
+                myself.send_after(Duration::from_millis(500), || DispatcherMsg::RetryRecord);
+            }
+            DispatcherMsg::RetryRecord => {
+                state.recording = false;
                 state.flush_records(&myself);
                 state.check_drained();
             }
@@ -427,9 +469,10 @@ impl DispatcherState {
         self.reading = true;
         let queue = self.queue.clone();
         let consumer = self.consumer.clone();
+        let after = self.pending_cursor.clone();
         let me = myself.clone();
         tokio::spawn(async move {
-            let r = queue.read(&consumer, free).await;
+            let r = queue.read(&consumer, free, after.as_deref()).await;
             let _ = me.cast(DispatcherMsg::Read(r));
         });
     }
@@ -547,8 +590,10 @@ impl DispatcherState {
         let persistence = self.peers.persistence().ok();
         let me = myself.clone();
         tokio::spawn(async move {
-            let (entries, done): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|(e, j, r)| (e, (j, r))).unzip();
+            let done: Vec<_> = batch
+                .iter()
+                .map(|(_, j, r)| (j.clone(), r.clone()))
+                .collect();
             let result = match persistence {
                 None => Err("persistence is restarting".to_owned()),
                 Some(p) => {
@@ -560,12 +605,20 @@ impl DispatcherState {
                     }
                 }
             };
-            let settled = result.unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "recording attempts failed; their leases will expire and the messages will be retried");
-                Vec::new()
-            });
-            let entries = entries.into_iter().flatten().collect();
-            let _ = me.cast(DispatcherMsg::Recorded(entries, settled));
+            match result {
+                Ok(settled) => {
+                    let entries = batch.into_iter().filter_map(|(e, _, _)| e).collect();
+                    let _ = me.cast(DispatcherMsg::Recorded(entries, settled));
+                }
+                Err(e) => {
+                    // Giving up would let the leases expire and the mail go
+                    // out twice: keep the outcomes and write them when the
+                    // database answers (a reclaimed lease makes a late write
+                    // a no-op).
+                    tracing::warn!(error = %e, count = batch.len(), "recording attempts failed; retrying");
+                    let _ = me.cast(DispatcherMsg::RecordFailed(batch));
+                }
+            }
         });
     }
 
@@ -702,8 +755,10 @@ async fn reconcile_with_postgres(
 
 /// How long a claim is held before another dispatcher may take it back: the
 /// whole SMTP attempt plus recording its outcome must fit well inside.
+/// A job claimed ahead waits behind at most `PREFETCH_PER_MAILER` sends of
+/// its mailer, then takes one send itself.
 pub fn lease_duration(config: &Config) -> Duration {
-    config.smtp.timeout * 2 + Duration::from_secs(20)
+    config.smtp.timeout * (PREFETCH_PER_MAILER as u32 + 1) + Duration::from_secs(30)
 }
 
 /// The contract's per-attempt log line.

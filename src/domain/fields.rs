@@ -134,9 +134,15 @@ impl<'a> Reader<'a> {
     }
 
     /// A header-bound string: no line breaks, so it cannot start a new header.
+    /// A header-bound string: no line breaks anywhere, not even at the ends
+    /// where trimming would hide them, so it cannot start a new header.
     pub(super) fn single_line(&mut self, field: &str, max_chars: usize) -> Option<String> {
+        let raw_has_break = matches!(
+            self.body.get(field),
+            Some(Value::String(s)) if s.contains(['\r', '\n'])
+        );
         let s = self.text(field, Some(max_chars))?;
-        if s.contains(['\r', '\n']) {
+        if raw_has_break {
             self.fail(field, "This field may not contain line breaks.")
         } else {
             Some(s)

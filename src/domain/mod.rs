@@ -233,7 +233,13 @@ mod tests {
 
     #[test]
     fn notification_subject_rejects_line_breaks() {
-        for subject in ["a\r\nBcc: x@y.z", "a\nb", "a\rb"] {
+        for subject in [
+            "a\r\nBcc: x@y.z",
+            "a\nb",
+            "a\rb",
+            "Welcome\n",
+            "\r\nWelcome",
+        ] {
             let errs = errors_of(
                 MessageKind::Notify,
                 json!({"to": "a@b.co", "subject": subject, "body": "x"}),

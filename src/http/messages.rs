@@ -1,8 +1,8 @@
 //! `/api/contact/` and `/api/notify/`: accept (POST), list and detail (GET).
 //!
-//! The accept path checks, in order: media type (415), size (413, also for
-//! chunked bodies), JSON syntax and shape (400), the `Idempotency-Key` header
-//! (400), every field (400 with all errors), and only then asks
+//! The accept path checks, in order: the `Idempotency-Key` header (400),
+//! media type (415), size (413, also for chunked bodies), JSON syntax and
+//! shape (400), every field (400 with all errors), and only then asks
 //! `Persistence`, so bad input is never stored.
 
 use http_body_util::{BodyExt, Limited};

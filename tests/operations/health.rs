@@ -159,19 +159,30 @@ async fn redis_dying_turns_health_to_503_in_time_and_a_restart_recovers_everythi
                 .await,
         );
     }
+    // An outage of a few seconds: long enough for reads to fail and time
+    // out on the client side, which once wedged the read loop.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     // Redis comes back empty; nothing needs a restart of the service.
     let _redis = PrivateRedis::start(redis.port);
     poll_until(Duration::from_secs(10), "healthz 200 again", || async {
         app.healthz().await.status == 200
     })
     .await;
+    // Mail accepted after the outage flows at the normal pace again (a
+    // broken read loop once left it queued until a restart).
+    for i in 0..5 {
+        uuids.push(
+            app.notify(&json!({"to": "a@example.org", "subject": format!("a{i}"), "body": "b"}))
+                .await,
+        );
+    }
     for uuid in &uuids {
         let v = app
-            .wait_final("notify", uuid, Duration::from_secs(30))
+            .wait_final("notify", uuid, Duration::from_secs(15))
             .await;
         assert_eq!(v["status"], "sent", "{v}");
     }
-    assert_eq!(sink.by_message_id().len(), 5);
+    assert_eq!(sink.by_message_id().len(), 10);
     app.shutdown().await;
 }
 
@@ -202,6 +213,8 @@ async fn healthz_answers_within_two_seconds_while_redis_hangs() {
         .await;
     };
     result.await;
+    // Long enough for the blocking read to time out on the client side.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     Command::new("kill").args(["-CONT", &pid]).status().unwrap();
     poll_until(
         Duration::from_secs(10),
@@ -209,6 +222,21 @@ async fn healthz_answers_within_two_seconds_while_redis_hangs() {
         || async { app.healthz().await.status == 200 },
     )
     .await;
+    // Reads that timed out while Redis hung must not wedge the read loop:
+    // new mail is delivered at the normal pace.
+    let mut uuids = Vec::new();
+    for i in 0..5 {
+        uuids.push(
+            app.notify(&json!({"to": "a@example.org", "subject": format!("h{i}"), "body": "b"}))
+                .await,
+        );
+    }
+    for uuid in &uuids {
+        let v = app
+            .wait_final("notify", uuid, Duration::from_secs(15))
+            .await;
+        assert_eq!(v["status"], "sent", "{v}");
+    }
     app.shutdown().await;
 }
 
