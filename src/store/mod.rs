@@ -84,6 +84,14 @@ pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
         .map_err(|e: tokio_postgres::Error| StoreError::Unavailable(e.to_string()))?;
     config.connect_timeout(CHECKOUT_TIMEOUT);
     config.application_name("email-service");
+    // A connection whose network path died (no RST, packets black-holed)
+    // must close by itself, or it would stay in the pool and hang every
+    // query sent on it: the kernel gives up on unacknowledged data after the
+    // user timeout, and keepalives notice a silent peer while idle.
+    config.tcp_user_timeout(Duration::from_secs(5));
+    config.keepalives_idle(Duration::from_secs(10));
+    config.keepalives_interval(Duration::from_secs(2));
+    config.keepalives_retries(3);
     // The server enforces the same budget as our own timeouts: a statement
     // stuck on a lock is cancelled there, so its connection comes back to
     // the pool usable instead of queueing every later query behind it. A
