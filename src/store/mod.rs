@@ -186,65 +186,42 @@ pub async fn accept_batch(
     items: &[(NewMessage, Fingerprint)],
 ) -> Result<Vec<AcceptOutcome>, StoreError> {
     let uuids: Vec<Uuid> = items.iter().map(|_| Uuid::new_v4()).collect();
+    // Each kind's rows, with the uuid chosen for them and their fingerprint.
+    let mut contacts: Vec<(&NewContact, Uuid, &[u8])> = Vec::new();
+    let mut notes: Vec<(&NewNotification, Uuid, &[u8])> = Vec::new();
+    for ((message, fingerprint), &uuid) in items.iter().zip(&uuids) {
+        match message {
+            NewMessage::Contact(c) => contacts.push((c, uuid, fingerprint.as_bytes())),
+            NewMessage::Notify(n) => notes.push((n, uuid, fingerprint.as_bytes())),
+        }
+    }
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
     let mut ids: HashMap<Uuid, i64> = HashMap::with_capacity(items.len());
-    let hashes = |pick: &dyn Fn(&NewMessage) -> bool| -> Vec<&[u8]> {
-        items
-            .iter()
-            .filter(|(m, _)| pick(m))
-            .map(|(_, f)| f.as_bytes())
-            .collect()
-    };
-    let picked_uuids = |pick: &dyn Fn(&NewMessage) -> bool| -> Vec<Uuid> {
-        items
-            .iter()
-            .zip(&uuids)
-            .filter(|((m, _), _)| pick(m))
-            .map(|(_, u)| *u)
-            .collect()
-    };
-    let contacts: Vec<&NewContact> = items
-        .iter()
-        .filter_map(|(m, _)| match m {
-            NewMessage::Contact(c) => Some(c),
-            NewMessage::Notify(_) => None,
-        })
-        .collect();
-    let is_contact = |m: &NewMessage| matches!(m, NewMessage::Contact(_));
-    let is_notify = |m: &NewMessage| matches!(m, NewMessage::Notify(_));
     if !contacts.is_empty() {
-        let names: Vec<&str> = contacts.iter().map(|c| c.name.as_str()).collect();
-        let emails: Vec<&str> = contacts.iter().map(|c| c.email.as_ref()).collect();
-        let messages: Vec<&str> = contacts.iter().map(|c| c.message.as_str()).collect();
         let rows = tx
             .query(
                 "INSERT INTO contact_messages (uuid, name, email, message, request_hash, next_attempt_at)
                  SELECT u, n, e, m, h, now()
                  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[]) AS t(u, n, e, m, h)
                  RETURNING uuid, id",
-                &[&picked_uuids(&is_contact), &names, &emails, &messages, &hashes(&is_contact)],
+                &[
+                    &contacts.iter().map(|r| r.1).collect::<Vec<_>>(),
+                    &contacts.iter().map(|r| r.0.name.as_str()).collect::<Vec<_>>(),
+                    &contacts.iter().map(|r| r.0.email.as_ref()).collect::<Vec<&str>>(),
+                    &contacts.iter().map(|r| r.0.message.as_str()).collect::<Vec<_>>(),
+                    &contacts.iter().map(|r| r.2).collect::<Vec<_>>(),
+                ],
             )
             .await?;
         for r in &rows {
             ids.insert(r.try_get(0)?, r.try_get(1)?);
         }
     }
-    let notes: Vec<&NewNotification> = items
-        .iter()
-        .filter_map(|(m, _)| match m {
-            NewMessage::Notify(n) => Some(n),
-            NewMessage::Contact(_) => None,
-        })
-        .collect();
     if !notes.is_empty() {
-        let to: Vec<&str> = notes.iter().map(|n| n.to.as_ref()).collect();
-        let subjects: Vec<&str> = notes.iter().map(|n| n.subject.as_str()).collect();
-        let bodies: Vec<&str> = notes.iter().map(|n| n.body.as_str()).collect();
-        let html: Vec<Option<&str>> = notes.iter().map(|n| n.html.as_deref()).collect();
         let metadata: Vec<Option<Value>> = notes
             .iter()
-            .map(|n| n.metadata.clone().map(Value::Object))
+            .map(|r| r.0.metadata.clone().map(Value::Object))
             .collect();
         let rows = tx
             .query(
@@ -255,13 +232,19 @@ pub async fn accept_batch(
                              $6::jsonb[], $7::bytea[]) AS t(u, r, s, b, h, m, x)
                  RETURNING uuid, id",
                 &[
-                    &picked_uuids(&is_notify),
-                    &to,
-                    &subjects,
-                    &bodies,
-                    &html,
+                    &notes.iter().map(|r| r.1).collect::<Vec<_>>(),
+                    &notes.iter().map(|r| r.0.to.as_ref()).collect::<Vec<&str>>(),
+                    &notes
+                        .iter()
+                        .map(|r| r.0.subject.as_str())
+                        .collect::<Vec<_>>(),
+                    &notes.iter().map(|r| r.0.body.as_str()).collect::<Vec<_>>(),
+                    &notes
+                        .iter()
+                        .map(|r| r.0.html.as_deref())
+                        .collect::<Vec<_>>(),
                     &metadata,
-                    &hashes(&is_notify),
+                    &notes.iter().map(|r| r.2).collect::<Vec<_>>(),
                 ],
             )
             .await?;
