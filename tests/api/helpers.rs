@@ -126,9 +126,17 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
 
-/// Starts the service with the test defaults, then `overrides` on top. A
-/// `DATABASE_URL` override is used as is (and not dropped at the end).
+/// Starts the service with the test defaults, then `overrides` on top, and
+/// waits until its schema is ready. A `DATABASE_URL` override is used as is
+/// (and not dropped at the end).
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    let mut app = start_app_with(overrides).await;
+    app.wait_until_ready().await;
+    app
+}
+
+/// Like [`spawn_app_with`], without waiting for the database.
+pub async fn start_app_with(overrides: &[(&str, &str)]) -> TestApp {
     init_logging();
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
@@ -168,7 +176,7 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     let client = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build_http();
-    let mut app = TestApp {
+    TestApp {
         addr,
         port: addr.port(),
         database_url,
@@ -176,14 +184,12 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         shutdown_tx: Some(shutdown_tx),
         task: Some(task),
         owned_database,
-    };
-    app.wait_until_ready().await;
-    app
+    }
 }
 
 impl TestApp {
     /// Waits until `GET /api/notify/` answers `200`: the schema is in place.
-    async fn wait_until_ready(&mut self) {
+    pub async fn wait_until_ready(&mut self) {
         let last = std::sync::Mutex::new(String::from("no answer yet"));
         let ready = poll_until(READY_DEADLINE, || async {
             if self.task.as_ref().is_none_or(|t| t.is_finished()) {

@@ -69,7 +69,9 @@ async fn post_bytes_as_json(app: &TestApp, path: &str, body: impl Into<Bytes>) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_json_returns_400_with_a_detail_and_stores_nothing() {
     let app = spawn_app().await;
-    let bodies: [&[u8]; 8] = [
+    let bodies: [&[u8]; 10] = [
+        b"{\"name\": \"\\ud800\", \"email\": \"ada@example.com\", \"message\": \"x\"}",
+        b"{\"to\": \"bob@example.com\", \"subject\": \"s\", \"body\": 1e999}",
         b"{\"name\": ",
         b"{name: \"Ada\"}",
         b"{\"to\": \"bob@example.com\",}",
@@ -334,11 +336,11 @@ async fn x_request_id_is_echoed_when_given_and_generated_when_absent() {
             .send(
                 Method::GET,
                 path,
-                &[("x-request-id", "req-42.abc")],
+                &[("x-request-id", "Req-42.ABC_x")],
                 Bytes::new(),
             )
             .await;
-        assert_eq!(resp.header("x-request-id"), Some("req-42.abc"), "{path}");
+        assert_eq!(resp.header("x-request-id"), Some("Req-42.ABC_x"), "{path}");
     }
     let resp = app
         .post_raw(
@@ -442,20 +444,45 @@ async fn two_requests_on_one_keep_alive_connection_are_both_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_stalls_in_the_request_head_is_closed_within_15_seconds() {
     let app = spawn_app().await;
-    let mut slow = RawConn::connect(app.addr).await;
-    slow.send(b"POST /api/contact/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty")
+    let mut stalled = RawConn::connect(app.addr).await;
+    stalled
+        .send(b"POST /api/contact/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty")
         .await
         .unwrap();
     let started = Instant::now();
+    let mut silent = RawConn::connect(app.addr).await;
+
+    // A slow client that completes its head in time is still served.
+    let mut slow = RawConn::connect(app.addr).await;
+    slow.send(b"GET /livez HTTP/1.1\r\nHost: 12").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    slow.send(b"7.0.0.1\r\n\r\n").await.unwrap();
+    assert_eq!(slow.read_response().await.status, 200);
 
     // Meanwhile the service answers everyone else.
     let resp = app.get("/livez").await;
     assert_eq!(resp.status, 200);
 
-    let closed = slow.wait_for_close(Duration::from_secs(15)).await;
+    let waited_before = started.elapsed();
+    let budget = Duration::from_secs(15).saturating_sub(waited_before);
+    let (stalled_closed, silent_closed) = tokio::join!(
+        stalled.wait_for_close(budget),
+        silent.wait_for_close(budget),
+    );
+    let Some(took) = stalled_closed else {
+        panic!(
+            "a connection stuck in its request head was still open after {:?}",
+            started.elapsed()
+        );
+    };
+    let closed_after = waited_before + took;
     assert!(
-        closed.is_some(),
-        "a connection stuck in its request head was still open after {:?}",
+        closed_after >= Duration::from_secs(5),
+        "closed after {closed_after:?}: too eager for a client that is merely slow"
+    );
+    assert!(
+        silent_closed.is_some(),
+        "a connection that never sent a byte was still open after {:?}",
         started.elapsed()
     );
     app.assert_nothing_stored("after a stalled request").await;
