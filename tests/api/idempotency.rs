@@ -249,6 +249,38 @@ async fn twenty_concurrent_requests_with_one_key_store_one_message_and_get_one_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_concurrent_requests_with_one_body_uuid_store_one_message_and_get_one_answer() {
+    let app = Arc::new(spawn_app().await);
+    let mut body = contact(3);
+    body["uuid"] = json!(Uuid::new_v4().to_string());
+    let barrier = Arc::new(Barrier::new(10));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (app, barrier, body) = (app.clone(), barrier.clone(), body.clone());
+        tasks.spawn(async move {
+            barrier.wait().await;
+            app.post_json(CONTACT, &body).await
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        answers.push(joined.expect("request task"));
+    }
+    for a in &answers {
+        assert_eq!(a.status, 202, "{}", a.text());
+        assert_eq!(a.body, answers[0].body, "every answer is the same");
+    }
+    let replays = answers
+        .iter()
+        .filter(|a| a.header("idempotent-replayed") == Some("true"))
+        .count();
+    assert_eq!(replays, 9, "all but the first are replays");
+    assert_eq!(app.row_counts().await, [1, 0, 0]);
+    let app = Arc::try_unwrap(app).unwrap_or_else(|_| panic!("app still shared"));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_key_is_accepted_again_as_a_new_request() {
     let app = spawn_app_with(&[("IDEMPOTENCY_TTL_HOURS", "1")]).await;
     let first = post_with_key(&app, NOTIFY, "expiring", &notify(1)).await;
