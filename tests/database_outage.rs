@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use helpers::{TestApp, TestResponse, poll_until, spawn_app_with};
+use helpers::{TestApp, TestResponse, poll_until, spawn_app_with, start_app_with};
 
 /// The tests of this file measure answer times: run them one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
@@ -39,6 +39,13 @@ struct PgCluster {
 
 impl PgCluster {
     fn start_new() -> Self {
+        let cluster = Self::create();
+        cluster.start();
+        cluster
+    }
+
+    /// A cluster initialized on disk, not running yet.
+    fn create() -> Self {
         let bin = PathBuf::from(std::env::var("PG_BIN").unwrap_or_else(|_| {
             panic!(
                 "PG_BIN is not set: the outage tests run a private PostgreSQL and need the \
@@ -92,7 +99,6 @@ impl PgCluster {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        cluster.start();
         cluster
     }
 
@@ -337,5 +343,31 @@ async fn when_postgresql_hangs_requests_answer_503_fast_and_recover_when_it_resu
     cluster.signal_all("CONT");
     assert_recovers(&app, "PostgreSQL resumed").await;
     assert_still_there(&app, &accepted).await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_starts_while_postgresql_is_down_and_becomes_ready_when_it_comes_up() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let cluster = PgCluster::create();
+    let url = cluster.url("email_late");
+    let mut app = start_app_with(&[("DATABASE_URL", &url)]).await;
+
+    // Up and answering, without its database.
+    let live = poll_until(Duration::from_secs(10), || async {
+        let resp = app
+            .try_send(hyper::Method::GET, "/livez", &[], Default::default())
+            .await;
+        resp.ok().filter(|r| r.status == 200)
+    })
+    .await;
+    assert!(live.is_some(), "/livez answers while PostgreSQL is down");
+    assert_database_unavailable(&app, "PostgreSQL not started yet").await;
+
+    cluster.start();
+    app.wait_until_ready().await;
+    let resp = app.post_json("/api/notify/", &notify(1)).await;
+    assert_eq!(resp.status, 202, "{}", resp.text());
+    assert_recovers(&app, "PostgreSQL started late").await;
     app.shutdown().await;
 }
