@@ -2,6 +2,7 @@
 //! Redis (one key prefix per test). Needs `TEST_DATABASE_URL` and
 //! `TEST_REDIS_URL`; see `helpers.rs`.
 
+mod blocked;
 mod helpers;
 mod idempotency;
 mod protocol;
