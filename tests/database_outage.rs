@@ -9,13 +9,18 @@
 #[path = "api/helpers.rs"]
 mod helpers;
 
-use std::net::TcpListener as StdListener;
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 
 use helpers::{TestApp, TestResponse, poll_until, spawn_app_with, start_app_with};
 
@@ -27,6 +32,8 @@ const UNAVAILABLE_WITHIN: Duration = Duration::from_millis(3500);
 /// `/healthz` answers within 2 s even when a dependency hangs (SPEC).
 const HEALTH_WITHIN: Duration = Duration::from_secs(2);
 const RECOVERY_DEADLINE: Duration = Duration::from_secs(30);
+/// After recovering, how long every request must keep succeeding.
+const STAYS_HEALTHY_FOR: Duration = Duration::from_secs(6);
 
 /// A private PostgreSQL cluster, stopped and deleted on drop.
 struct PgCluster {
@@ -284,6 +291,37 @@ async fn assert_recovers(app: &TestApp, what: &str) {
     })
     .await;
     assert!(healthy.is_some(), "{what}: /healthz did not return to 200");
+
+    // Recovered for good, not just once in a while: every request of the
+    // next seconds (longer than any request still in flight at recovery
+    // could take) succeeds.
+    let mut failures = Vec::new();
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < STAYS_HEALTHY_FOR {
+        n += 1;
+        let (resp, took) = timed(app.post_json("/api/notify/", &notify(1000 + n))).await;
+        if resp.status != 202 {
+            failures.push(format!(
+                "POST #{n} at +{:?}: {} after {took:?}: {}",
+                started.elapsed(),
+                resp.status,
+                resp.text()
+            ));
+        }
+        let health = app.get("/healthz").await;
+        if health.status != 200 {
+            failures.push(format!("/healthz #{n}: {}", health.text()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        failures.is_empty(),
+        "{what}: after recovering, {} of {} requests in {STAYS_HEALTHY_FOR:?} still failed:\n{}",
+        failures.len(),
+        2 * n,
+        failures.join("\n")
+    );
 }
 
 /// Posts two messages and returns their uuids.
@@ -369,5 +407,135 @@ async fn the_service_starts_while_postgresql_is_down_and_becomes_ready_when_it_c
     let resp = app.post_json("/api/notify/", &notify(1)).await;
     assert_eq!(resp.status, 202, "{}", resp.text());
     assert_recovers(&app, "PostgreSQL started late").await;
+    app.shutdown().await;
+}
+
+/// A TCP proxy in front of PostgreSQL that can black-hole traffic the way a
+/// dead network path or a failed-over host does: bytes are swallowed, nothing
+/// is answered, and no connection is closed. Connections caught by a black
+/// hole stay dead for good; after [`BlackholeProxy::heal`] new connections
+/// work again.
+struct BlackholeProxy {
+    addr: SocketAddr,
+    state: Arc<ProxyState>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    blackhole: AtomicBool,
+    next_id: AtomicU64,
+    /// Connections with a smaller id are dead for good.
+    dead_below: AtomicU64,
+}
+
+impl ProxyState {
+    fn is_dead(&self, id: u64) -> bool {
+        self.blackhole.load(Ordering::SeqCst) || id < self.dead_below.load(Ordering::SeqCst)
+    }
+}
+
+impl BlackholeProxy {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let state = Arc::new(ProxyState::default());
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
+                let state = shared.clone();
+                connections.spawn(async move {
+                    if state.is_dead(id) {
+                        // Accept, then never answer.
+                        let _held = client;
+                        return std::future::pending::<()>().await;
+                    }
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (client_r, client_w) = client.into_split();
+                    let (server_r, server_w) = server.into_split();
+                    tokio::join!(
+                        pump(client_r, server_w, id, state.clone()),
+                        pump(server_r, client_w, id, state.clone()),
+                    );
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    /// Every connection, open or new, goes silent.
+    fn blackhole(&self) {
+        self.state.blackhole.store(true, Ordering::SeqCst);
+        let next = self.state.next_id.load(Ordering::SeqCst);
+        self.state.dead_below.store(next, Ordering::SeqCst);
+    }
+
+    /// New connections work again; the silent ones stay silent.
+    fn heal(&self) {
+        let next = self.state.next_id.load(Ordering::SeqCst);
+        self.state.dead_below.store(next, Ordering::SeqCst);
+        self.state.blackhole.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for BlackholeProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to` until EOF; once the connection is dead, swallows
+/// everything and keeps both sockets open.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    id: u64,
+    state: Arc<ProxyState>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if state.is_dead(id) {
+            let _held = (from, to);
+            std::future::pending::<()>().await;
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_network_black_hole_the_service_recovers_on_new_connections() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let cluster = PgCluster::start_new();
+    let upstream: SocketAddr = format!("127.0.0.1:{}", cluster.port).parse().unwrap();
+    let proxy = BlackholeProxy::start(upstream).await;
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/email_blackhole",
+        proxy.addr.port()
+    );
+    let app = spawn_app_with(&[("DATABASE_URL", &url)]).await;
+    let accepted = accept_two(&app).await;
+
+    proxy.blackhole();
+    assert_database_unavailable(&app, "network black hole").await;
+
+    // The path is back for new connections; the old ones are dead for good,
+    // as after a failover or a dropped NAT entry.
+    proxy.heal();
+    assert_recovers(&app, "network healed").await;
+    assert_still_there(&app, &accepted).await;
     app.shutdown().await;
 }
