@@ -404,7 +404,7 @@ pub async fn count_rows(db: &tokio_postgres::Client, table: &str) -> i64 {
         .get(0)
 }
 
-async fn drop_database(admin_url: &str, name: &str) {
+pub async fn drop_database(admin_url: &str, name: &str) {
     if std::env::var("TEST_KEEP_DB").is_ok() {
         return;
     }

@@ -216,6 +216,33 @@ async fn an_invalid_idempotency_key_is_a_400_and_stores_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_first_request_was_rejected_is_still_free() {
+    let app = spawn_app().await;
+    let mut invalid = notify(1);
+    invalid["to"] = json!("not-an-address");
+    let rejected = post_with_key(&app, NOTIFY, "retry-after-fix", &invalid).await;
+    assert_eq!(rejected.status, 400);
+    let malformed = app
+        .post_raw(
+            NOTIFY,
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", "retry-after-fix"),
+            ],
+            "{oops",
+        )
+        .await;
+    assert_eq!(malformed.status, 400);
+    app.assert_nothing_stored("after rejected requests with a key")
+        .await;
+
+    let fixed = post_with_key(&app, NOTIFY, "retry-after-fix", &notify(1)).await;
+    assert_eq!(fixed.status, 202, "{}", fixed.text());
+    assert!(fixed.header("idempotent-replayed").is_none());
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_requests_with_one_key_store_one_message_and_get_one_answer() {
     let app = Arc::new(spawn_app().await);
     let barrier = Arc::new(Barrier::new(20));
