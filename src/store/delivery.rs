@@ -82,7 +82,7 @@ pub async fn claim(
     lease_token: Uuid,
     lease: Duration,
 ) -> Result<Vec<MailJob>, StoreError> {
-    let mut conn = pool.get().await?;
+    let mut conn = super::checkout(pool).await?;
     let tx = conn.transaction().await?;
     let mut claimed = Vec::with_capacity(jobs.len());
     for kind in [MessageKind::Contact, MessageKind::Notify] {
@@ -156,6 +156,7 @@ pub async fn claim(
         }
     }
     tx.commit().await?;
+    conn.release();
     Ok(claimed)
 }
 
@@ -187,7 +188,7 @@ pub async fn finish_batch(
     done: &[(MailJob, AttemptResult)],
     policy: &RetryPolicy,
 ) -> Result<Vec<Option<Settled>>, StoreError> {
-    let mut conn = pool.get().await?;
+    let mut conn = super::checkout(pool).await?;
     let tx = conn.transaction().await?;
     let mut settled: HashMap<(MessageKind, i64), Settled> = HashMap::new();
     for kind in [MessageKind::Contact, MessageKind::Notify] {
@@ -261,6 +262,7 @@ pub async fn finish_batch(
         .await?;
     }
     tx.commit().await?;
+    conn.release();
     Ok(done
         .iter()
         .map(|(j, _)| settled.remove(&(j.kind, j.id)))
@@ -275,7 +277,7 @@ pub async fn reclaim_expired(
     policy: &RetryPolicy,
 ) -> Result<Vec<Settled>, StoreError> {
     const ERROR: &str = "lease expired: the process sending this message stopped mid-send";
-    let mut conn = pool.get().await?;
+    let mut conn = super::checkout(pool).await?;
     let tx = conn.transaction().await?;
     let mut settled = Vec::new();
     for kind in [MessageKind::Contact, MessageKind::Notify] {
@@ -329,6 +331,7 @@ pub async fn reclaim_expired(
         }
     }
     tx.commit().await?;
+    conn.release();
     Ok(settled)
 }
 
@@ -340,7 +343,7 @@ pub async fn overdue(
     grace: Duration,
     limit: i64,
 ) -> Result<Vec<(MessageKind, i64)>, StoreError> {
-    let conn = pool.get().await?;
+    let conn = super::checkout(pool).await?;
     let rows = conn
         .query(
             "(SELECT 'contact', id, next_attempt_at FROM contact_messages
@@ -354,6 +357,7 @@ pub async fn overdue(
             &[&grace.as_secs_f64(), &limit],
         )
         .await?;
+    conn.release();
     rows.iter()
         .map(|r| {
             let kind: String = r.try_get(0)?;

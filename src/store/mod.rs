@@ -12,24 +12,23 @@
 //! wait for the first transaction and then see its committed row, which it
 //! replays: "the others wait for it and replay its answer".
 
+mod conn;
 pub mod delivery;
 pub mod migrate;
+
+pub use conn::{Pool, checkout};
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bb8_postgres::PostgresConnectionManager;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 use crate::domain::{
     Fingerprint, IdempotencyKey, MessageKind, NewContact, NewMessage, NewNotification, Status,
 };
-
-pub type Pool = bb8::Pool<PostgresConnectionManager<NoTls>>;
 
 /// How long a request waits for a pooled connection: a down or hung database
 /// must turn into a `503` quickly, not after bb8's default 30 s.
@@ -114,12 +113,13 @@ pub fn pool(config: tokio_postgres::Config, max_size: u32) -> Pool {
         // connections on their return; the one request that meets it first
         // answers 503, like any request during the outage.
         .test_on_check_out(false)
-        .build_unchecked(PostgresConnectionManager::new(config, NoTls))
+        .build_unchecked(conn::Manager::new(config))
 }
 
 pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
-    let conn = pool.get().await?;
+    let conn = checkout(pool).await?;
     conn.simple_query("SELECT 1").await?;
+    conn.release();
     Ok(())
 }
 
@@ -195,7 +195,7 @@ pub async fn accept_batch(
             NewMessage::Notify(n) => notes.push((n, uuid, fingerprint.as_bytes())),
         }
     }
-    let mut conn = pool.get().await?;
+    let mut conn = checkout(pool).await?;
     let tx = conn.transaction().await?;
     let mut ids: HashMap<Uuid, i64> = HashMap::with_capacity(items.len());
     if !contacts.is_empty() {
@@ -253,6 +253,7 @@ pub async fn accept_batch(
         }
     }
     tx.commit().await?;
+    conn.release();
     items
         .iter()
         .zip(&uuids)
@@ -273,7 +274,7 @@ pub async fn accept(pool: &Pool, req: &AcceptRequest) -> Result<AcceptOutcome, S
     let kind = req.message.kind();
     let scope = kind.as_str();
     let hash = req.fingerprint.as_bytes();
-    let mut conn = pool.get().await?;
+    let mut conn = checkout(pool).await?;
     let tx = conn.transaction().await?;
 
     if let Some(key) = &req.key {
@@ -303,6 +304,7 @@ pub async fn accept(pool: &Pool, req: &AcceptRequest) -> Result<AcceptOutcome, S
                 )
                 .await?;
             tx.rollback().await?;
+            conn.release();
             let stored_hash: Vec<u8> = row.try_get(0)?;
             if stored_hash != hash {
                 return Ok(AcceptOutcome::Conflict(
@@ -372,6 +374,7 @@ pub async fn accept(pool: &Pool, req: &AcceptRequest) -> Result<AcceptOutcome, S
                 )
                 .await?;
             tx.rollback().await?;
+            conn.release();
             let id: i64 = row.try_get(0)?;
             let stored_hash: Vec<u8> = row.try_get(1)?;
             if stored_hash != hash {
@@ -397,6 +400,7 @@ pub async fn accept(pool: &Pool, req: &AcceptRequest) -> Result<AcceptOutcome, S
         .await?;
     }
     tx.commit().await?;
+    conn.release();
     Ok(AcceptOutcome::Accepted {
         status: 202,
         body,
@@ -406,14 +410,16 @@ pub async fn accept(pool: &Pool, req: &AcceptRequest) -> Result<AcceptOutcome, S
 
 /// Deletes expired idempotency records, a bounded batch at a time.
 pub async fn purge_expired_keys(pool: &Pool) -> Result<u64, StoreError> {
-    let conn = pool.get().await?;
-    Ok(conn
+    let conn = checkout(pool).await?;
+    let deleted = conn
         .execute(
             "DELETE FROM idempotency_keys WHERE ctid IN (
                SELECT ctid FROM idempotency_keys WHERE expires_at <= now() LIMIT 10000)",
             &[],
         )
-        .await?)
+        .await?;
+    conn.release();
+    Ok(deleted)
 }
 
 // ===== Read =====
@@ -537,7 +543,7 @@ pub struct Page {
 }
 
 pub async fn list(pool: &Pool, q: &ListQuery) -> Result<Page, StoreError> {
-    let conn = pool.get().await?;
+    let conn = checkout(pool).await?;
     let status = q.status.map(Status::as_str);
     let count: i64 = conn
         .query_one(
@@ -565,6 +571,7 @@ pub async fn list(pool: &Pool, q: &ListQuery) -> Result<Page, StoreError> {
         .iter()
         .map(|r| MessageView::from_row(q.kind, r))
         .collect::<Result<_, _>>()?;
+    conn.release();
     Ok(Page { count, results })
 }
 
@@ -589,7 +596,7 @@ pub async fn get(
     kind: MessageKind,
     at: MessageRef,
 ) -> Result<Option<MessageView>, StoreError> {
-    let conn = pool.get().await?;
+    let conn = checkout(pool).await?;
     let row = match at {
         MessageRef::Id(id) => {
             conn.query_opt(
@@ -614,7 +621,10 @@ pub async fn get(
             .await?
         }
     };
-    let Some(row) = row else { return Ok(None) };
+    let Some(row) = row else {
+        conn.release();
+        return Ok(None);
+    };
     let mut view = MessageView::from_row(kind, &row)?;
     let attempts = conn
         .query(
@@ -640,5 +650,6 @@ pub async fn get(
             })
             .collect::<Result<_, StoreError>>()?,
     );
+    conn.release();
     Ok(Some(view))
 }

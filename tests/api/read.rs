@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, spawn_app_with};
 
 const CONTACT: &str = "/api/contact/";
 const NOTIFY: &str = "/api/notify/";
@@ -59,7 +59,7 @@ fn assert_timestamp(v: &Value, field: &str) -> DateTime<Utc> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_contact_and_notify_answer_202_with_id_uuid_status_and_the_spec_message() {
-    let app = spawn_app().await;
+    let app = spawn_frozen_app().await;
     let contact = app
         .post_json(
             CONTACT,
@@ -89,7 +89,7 @@ async fn accepted_contact_and_notify_answer_202_with_id_uuid_status_and_the_spec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_detail_shows_every_stored_field_by_id_and_by_uuid() {
-    let app = spawn_app().await;
+    let app = spawn_frozen_app().await;
     let metadata =
         json!({"user_id": 42, "tags": ["welcome", "ü"], "nested": {"a": null, "b": 1.5}});
     let sent = json!({
@@ -156,7 +156,7 @@ async fn a_notification_detail_shows_every_stored_field_by_id_and_by_uuid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contact_detail_shows_name_email_and_message_by_id_and_by_uuid() {
-    let app = spawn_app().await;
+    let app = spawn_frozen_app().await;
     let accepted = app
         .post_json(
             CONTACT,
@@ -189,7 +189,7 @@ async fn a_contact_detail_shows_name_email_and_message_by_id_and_by_uuid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detail_returns_404_for_unknown_garbage_or_other_kind_ids() {
-    let app = spawn_app().await;
+    let app = spawn_frozen_app().await;
     let contact = app
         .post_json(
             CONTACT,
@@ -234,7 +234,7 @@ async fn detail_returns_404_for_unknown_garbage_or_other_kind_ids() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_show_newest_first_with_count_and_no_links_on_a_single_page() {
-    let app = spawn_app().await;
+    let app = spawn_frozen_app().await;
     let empty = app.get(CONTACT).await;
     assert_eq!(empty.status, 200);
     assert_eq!(
@@ -267,7 +267,7 @@ async fn lists_show_newest_first_with_count_and_no_links_on_a_single_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pagination_links_are_absolute_urls_that_walk_every_page() {
-    let app = spawn_app().await;
+    let app = spawn_frozen_app().await;
     let ids = post_notifications(&app, 5).await;
     let port = app.port;
     let base = format!("http://127.0.0.1:{port}/api/notify/");
@@ -331,7 +331,7 @@ async fn pagination_links_are_absolute_urls_that_walk_every_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_size_defaults_to_20_and_is_capped_at_100() {
-    let app = spawn_app().await;
+    let app = spawn_frozen_app().await;
     // 105 rows straight into the table: this test is about the list, not
     // about accepting.
     let db = app.db().await;
@@ -366,7 +366,7 @@ async fn page_size_defaults_to_20_and_is_capped_at_100() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_filter_selects_matching_messages_and_an_invalid_status_is_a_400() {
-    let app = spawn_app().await;
+    let app = spawn_frozen_app().await;
     let ids = post_notifications(&app, 4).await;
     // A finished message never changes again, so mark two as failed.
     let db = app.db().await;
@@ -412,4 +412,12 @@ async fn the_status_filter_selects_matching_messages_and_an_invalid_status_is_a_
         );
     }
     app.shutdown().await;
+}
+
+/// These tests read back exactly what was stored, so delivery must not move
+/// the messages on meanwhile: with no reachable Redis the dispatcher hands
+/// nothing to the mailers, and every message stays `queued`. (Delivery has
+/// its own suite.)
+async fn spawn_frozen_app() -> TestApp {
+    spawn_app_with(&[("REDIS_URL", "redis://127.0.0.1:1/")]).await
 }

@@ -185,7 +185,7 @@ async fn kill_9_during_a_burst_loses_no_accepted_message() {
         }
         accepted
     });
-    poll_until(Duration::from_secs(20), "some deliveries", || async {
+    poll_until(Duration::from_secs(60), "some deliveries", || async {
         sink.received().len() >= 30
     })
     .await;
@@ -194,9 +194,10 @@ async fn kill_9_during_a_burst_loses_no_accepted_message() {
     assert!(accepted.len() >= 30, "accepted {}", accepted.len());
 
     let p2 = ServiceProcess::start(&env);
-    // Bound: retry schedule + the lease of sends cut by the kill.
+    // Bound: the lease of the sends cut by the kill (3 × EMAIL_TIMEOUT +
+    // 30 s = 33 s) plus the reconcile interval, with room for a busy machine.
     poll_until(
-        Duration::from_secs(60),
+        Duration::from_secs(90),
         "every accepted message to finish",
         || async {
             let s = statuses(&target).await;
@@ -375,4 +376,20 @@ async fn with_the_database_down_at_start_livez_answers_and_healthz_says_why() {
             .any(|l| l.contains("database not ready; retrying"))
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigint_drains_and_exits_0_like_sigterm() {
+    let target = Target::fresh();
+    let db_url = database_url(&target.database);
+    let redis = redis_url();
+    let mut p = ServiceProcess::start(&[
+        ("DATABASE_URL", db_url.as_str()),
+        ("REDIS_URL", redis.as_str()),
+        ("REDIS_KEY_PREFIX", target.prefix.as_str()),
+    ]);
+    wait_ready(&p);
+    p.signal("INT");
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    assert!(p.stdout_lines().join("\n").contains("shutdown complete"));
 }

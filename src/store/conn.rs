@@ -1,0 +1,84 @@
+//! The connection pool, with one rule bb8 does not know by itself: a
+//! connection is given back to the pool only when the work on it finished.
+//!
+//! A request's work runs under a deadline; when the deadline drops the work
+//! mid-statement (a lock wait, a hung server, a network path that died),
+//! the connection may still be busy or dead, and the next request to get it
+//! would wait behind it. So each checkout marks its connection in use, the
+//! work marks it free with [`Conn::release`] when it is done, and the
+//! manager reports a connection still marked in use as broken: bb8 then
+//! closes it and opens a fresh one.
+
+use std::ops::{Deref, DerefMut};
+
+use bb8::ManageConnection;
+use bb8_postgres::PostgresConnectionManager;
+use tokio_postgres::{Client, NoTls};
+
+use super::StoreError;
+
+pub type Pool = bb8::Pool<Manager>;
+
+pub struct Manager(PostgresConnectionManager<NoTls>);
+
+impl Manager {
+    pub fn new(config: tokio_postgres::Config) -> Self {
+        Self(PostgresConnectionManager::new(config, NoTls))
+    }
+}
+
+/// A client and whether a piece of work on it is unfinished.
+pub struct Tracked {
+    client: Client,
+    in_use: bool,
+}
+
+impl ManageConnection for Manager {
+    type Connection = Tracked;
+    type Error = tokio_postgres::Error;
+
+    async fn connect(&self) -> Result<Tracked, Self::Error> {
+        Ok(Tracked {
+            client: self.0.connect().await?,
+            in_use: false,
+        })
+    }
+
+    async fn is_valid(&self, conn: &mut Tracked) -> Result<(), Self::Error> {
+        self.0.is_valid(&mut conn.client).await
+    }
+
+    fn has_broken(&self, conn: &mut Tracked) -> bool {
+        conn.in_use || conn.client.is_closed()
+    }
+}
+
+/// A checked-out connection. Dropped without [`release`](Self::release),
+/// it is discarded instead of pooled.
+pub struct Conn<'a>(bb8::PooledConnection<'a, Manager>);
+
+pub async fn checkout(pool: &Pool) -> Result<Conn<'_>, StoreError> {
+    let mut conn = pool.get().await?;
+    conn.in_use = true;
+    Ok(Conn(conn))
+}
+
+impl Conn<'_> {
+    /// The work is done: the connection may serve the next request.
+    pub fn release(mut self) {
+        self.0.in_use = false;
+    }
+}
+
+impl Deref for Conn<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.0.client
+    }
+}
+
+impl DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.0.client
+    }
+}
