@@ -223,6 +223,19 @@ async fn a_mailer_that_crashes_mid_send_is_restarted_and_the_message_retried() {
         .sum();
     assert_eq!(sup_restarts, 2, "{health}");
     assert_eq!(health["checks"]["mailers"], "ok");
+    // And in /metrics: the restarts by child, and the crash attempts.
+    let metrics = String::from_utf8(app.get("/metrics").await.body.to_vec()).unwrap();
+    let restarts: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("email_service_actor_restarts_total{child=\"mailer-"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(restarts, 2, "{metrics}");
+    assert!(
+        metrics
+            .contains("email_service_delivery_attempts_total{kind=\"notify\",outcome=\"crash\"} 2"),
+        "{metrics}"
+    );
     assert_eq!(sink.by_message_id().len(), 2);
     assert!(sink.by_message_id().values().all(|&n| n == 1));
     app.shutdown().await;
