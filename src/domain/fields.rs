@@ -51,7 +51,7 @@ impl EmailAddress {
     pub fn parse(raw: &str) -> Result<Self, &'static str> {
         let raw = raw.trim();
         if raw.len() > EMAIL_MAX {
-            return Err("Ensure this field has no more than 254 characters.");
+            return Err("Ensure this address has no more than 254 bytes in UTF-8.");
         }
         raw.parse::<lettre::Address>()
             .map(|_| Self(raw.to_owned()))
