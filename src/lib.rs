@@ -23,6 +23,7 @@ pub mod http;
 pub mod mail;
 pub mod metrics;
 pub mod queue;
+pub mod smtp;
 pub mod store;
 pub mod telemetry;
 mod util;

@@ -9,30 +9,32 @@
 //! header. lettre encodes non-ASCII header text.
 //!
 //! Backends: `console` logs the formatted mail as one event; `file` writes
-//! `<uuid>-<attempt>.eml` atomically (temp file + rename); `smtp` shares one
-//! pooled `AsyncSmtpTransport` among all mailers. SMTP errors are classified
+//! `<uuid>-<attempt>.eml` atomically (temp file + rename); `smtp` sends over
+//! the mailer's own kept-open connection (see [`crate::smtp`] for why not
+//! lettre's pooled transport). SMTP errors are classified
 //! as the contract says: 5xx (and a refused envelope) are permanent,
 //! everything else is transient.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
+use lettre::Message;
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
-use lettre::transport::smtp::PoolConfig;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::config::{Config, EmailBackend};
+use crate::smtp;
 use crate::store::Content;
 use crate::store::delivery::{AttemptResult, MailJob, Outcome};
 
-/// Where mail goes. Cheap to clone: the SMTP transport shares its pool.
+/// Where mail goes. Cheap to clone; an SMTP connection belongs to each
+/// mailer's [`smtp::Session`], not to the backend.
 #[derive(Clone)]
 pub enum Backend {
     Console,
     File(PathBuf),
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Smtp(Arc<smtp::Settings>),
 }
 
 impl Backend {
@@ -41,39 +43,25 @@ impl Backend {
             EmailBackend::Console => Self::Console,
             EmailBackend::File => Self::File(config.email_file_path.clone()),
             EmailBackend::Smtp => {
-                let smtp = &config.smtp;
-                let builder = if smtp.use_ssl {
-                    AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host)
-                        .map_err(|e| format!("EMAIL_HOST: {e}"))?
-                } else if smtp.use_tls {
-                    AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host)
-                        .map_err(|e| format!("EMAIL_HOST: {e}"))?
-                } else {
-                    AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
-                };
-                let mut builder = builder
-                    .port(smtp.port)
-                    .timeout(Some(smtp.timeout))
-                    // One connection per mailer, kept warm between sends;
-                    // idle ones close before a typical server's own timeout.
-                    .pool_config(
-                        PoolConfig::new()
-                            .max_size(config.mailer_workers as u32)
-                            .idle_timeout(std::time::Duration::from_secs(30)),
-                    );
-                if !smtp.user.is_empty() {
-                    builder = builder.credentials(Credentials::new(
-                        smtp.user.clone(),
-                        smtp.password.expose().to_owned(),
-                    ));
-                }
-                Self::Smtp(builder.build())
+                let from: Mailbox = config
+                    .default_from_email
+                    .parse()
+                    .map_err(|e| format!("DEFAULT_FROM_EMAIL: {e}"))?;
+                Self::Smtp(Arc::new(smtp::Settings::new(
+                    &config.smtp,
+                    &from_domain(&from),
+                )))
             }
         })
     }
 
     /// Sends one mail and says what happened. Never panics on a bad reply.
-    pub async fn send(&self, job: &MailJob, message: Message) -> AttemptResult {
+    pub async fn send(
+        &self,
+        job: &MailJob,
+        message: Message,
+        session: &mut smtp::Session,
+    ) -> AttemptResult {
         let started = Instant::now();
         let result = match self {
             Self::Console => {
@@ -89,13 +77,25 @@ impl Backend {
                 Ok(None)
             }
             Self::File(dir) => write_eml(dir, job, &message).await.map(|_| None),
-            Self::Smtp(transport) => match transport.send(message).await {
-                Ok(resp) => Ok(Some((
-                    resp.code().to_string().parse::<i32>().ok(),
-                    resp.message().collect::<Vec<_>>().join(" "),
-                ))),
-                Err(e) => Err(classify(&e)),
-            },
+            Self::Smtp(settings) => {
+                match session
+                    .send(settings, message.envelope(), &message.formatted())
+                    .await
+                {
+                    Ok(resp) => Ok(Some((
+                        resp.code().to_string().parse::<i32>().ok(),
+                        resp.message().collect::<Vec<_>>().join(" "),
+                    ))),
+                    Err(smtp::SendError::Smtp(e)) => Err(classify(&e)),
+                    Err(e @ smtp::SendError::Connect(..)) => Err(AttemptResult {
+                        outcome: Outcome::Transient,
+                        smtp_code: None,
+                        smtp_reply: None,
+                        error: Some(error_chain(&e)),
+                        duration_ms: 0,
+                    }),
+                }
+            }
         };
         let duration_ms = started.elapsed().as_millis() as i64;
         match result {

@@ -23,6 +23,7 @@ use super::dispatcher::{DispatcherMsg, log_attempt};
 use crate::config::Config;
 use crate::http::Peers;
 use crate::mail::{self, Backend};
+use crate::smtp;
 use crate::store::delivery::{AttemptResult, MailJob, Outcome};
 use crate::util::AbortOnDrop;
 
@@ -31,8 +32,8 @@ pub struct Mailer;
 pub enum MailerMsg {
     Deliver(Box<MailJob>),
     Report(RpcReplyPort<MailerReport>),
-    /// From the send task.
-    SendDone(Box<MailJob>, Box<AttemptResult>),
+    /// From the send task, with the SMTP session back for the next send.
+    SendDone(Box<MailJob>, Box<AttemptResult>, Box<smtp::Session>),
     /// The send task panicked: this mailer must fail.
     SendPanicked(String),
 }
@@ -64,6 +65,8 @@ pub struct MailerState {
     /// job at a time, but a freshly restarted dispatcher does not know which
     /// mailers are busy; queueing here keeps "one send at a time" anyway.
     queued: VecDeque<MailJob>,
+    /// This mailer's SMTP connection; lent to the send task while it runs.
+    session: Option<smtp::Session>,
     _task: Option<AbortOnDrop>,
 }
 
@@ -94,6 +97,7 @@ impl Actor for Mailer {
             stats: args.stats,
             sending: None,
             queued: VecDeque::new(),
+            session: Some(smtp::Session::default()),
             _task: None,
         })
     }
@@ -114,9 +118,10 @@ impl Actor for Mailer {
                     state.start(&myself, *job);
                 }
             }
-            MailerMsg::SendDone(job, result) => {
+            MailerMsg::SendDone(job, result, session) => {
                 state.sending = None;
                 state._task = None;
+                state.session = Some(*session);
                 let counter = match result.outcome {
                     Outcome::Sent => &state.stats.sent,
                     _ => &state.stats.failed,
@@ -163,11 +168,13 @@ impl Actor for Mailer {
 impl MailerState {
     fn start(&mut self, myself: &ActorRef<MailerMsg>, job: MailJob) {
         self.sending = Some((job.uuid, Instant::now()));
+        let session = self.session.take().unwrap_or_default();
         self._task = Some(spawn_send(
             myself,
             self.backend.clone(),
             self.config.clone(),
             job,
+            session,
         ));
     }
 }
@@ -178,6 +185,7 @@ fn spawn_send(
     backend: Backend,
     config: Arc<Config>,
     job: MailJob,
+    mut session: smtp::Session,
 ) -> AbortOnDrop {
     let timeout = config.smtp.timeout;
     let work = tokio::spawn(async move {
@@ -193,19 +201,24 @@ fn spawn_send(
             },
             Ok(message) => {
                 let started = Instant::now();
-                match tokio::time::timeout(timeout, backend.send(&job, message)).await {
+                match tokio::time::timeout(timeout, backend.send(&job, message, &mut session)).await
+                {
                     Ok(r) => r,
-                    Err(_) => AttemptResult {
-                        outcome: Outcome::Transient,
-                        smtp_code: None,
-                        smtp_reply: None,
-                        error: Some(format!("timed out after {} s", timeout.as_secs())),
-                        duration_ms: started.elapsed().as_millis() as i64,
-                    },
+                    Err(_) => {
+                        // The connection is mid-transaction: never reuse it.
+                        session = smtp::Session::default();
+                        AttemptResult {
+                            outcome: Outcome::Transient,
+                            smtp_code: None,
+                            smtp_reply: None,
+                            error: Some(format!("timed out after {} s", timeout.as_secs())),
+                            duration_ms: started.elapsed().as_millis() as i64,
+                        }
+                    }
                 }
             }
         };
-        (job, result)
+        (job, result, session)
     });
     let me = myself.clone();
     AbortOnDrop(tokio::spawn(async move {
@@ -213,8 +226,12 @@ fn spawn_send(
         // is cancelled with it, not left running beside the retry.
         let mut work = AbortOnDrop(work);
         match (&mut work.0).await {
-            Ok((job, result)) => {
-                let _ = me.cast(MailerMsg::SendDone(Box::new(job), Box::new(result)));
+            Ok((job, result, session)) => {
+                let _ = me.cast(MailerMsg::SendDone(
+                    Box::new(job),
+                    Box::new(result),
+                    Box::new(session),
+                ));
             }
             Err(e) if e.is_panic() => {
                 let payload = e.into_panic();
