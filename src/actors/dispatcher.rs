@@ -345,11 +345,7 @@ impl Actor for Dispatcher {
                 state.recording = false;
                 let queue = state.queue.clone();
                 tokio::spawn(async move {
-                    let retries: Vec<_> = settled
-                        .iter()
-                        .filter(|s| s.status == "queued")
-                        .filter_map(|s| Some((s.kind, s.id, s.next_attempt_at?.timestamp_millis())))
-                        .collect();
+                    let retries: Vec<_> = settled.iter().filter_map(Settled::retry_due).collect();
                     if let Err(e) = queue.schedule(&retries).await {
                         tracing::warn!(error = %e, "scheduling retries in Redis failed; the reconciler will pick them up");
                     }
@@ -713,11 +709,7 @@ async fn reconcile_with_postgres(
                 count = settled.len(),
                 "reclaimed expired leases (a sender died mid-send)"
             );
-            let retries: Vec<_> = settled
-                .iter()
-                .filter(|s| s.status == "queued")
-                .filter_map(|s| Some((s.kind, s.id, s.next_attempt_at?.timestamp_millis())))
-                .collect();
+            let retries: Vec<_> = settled.iter().filter_map(Settled::retry_due).collect();
             if let Err(e) = queue.schedule(&retries).await {
                 tracing::debug!(error = %e, "scheduling reclaimed retries failed");
             }

@@ -74,6 +74,26 @@ pub struct Settled {
     pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
+impl Settled {
+    /// From `RETURNING id, status, next_attempt_at`.
+    fn from_row(kind: MessageKind, row: &tokio_postgres::Row) -> Result<Self, StoreError> {
+        Ok(Self {
+            kind,
+            id: row.try_get(0)?,
+            status: row.try_get(1)?,
+            next_attempt_at: row.try_get(2)?,
+        })
+    }
+
+    /// `(kind, id, due time in Unix ms)` when this is a scheduled retry.
+    pub fn retry_due(&self) -> Option<(MessageKind, i64, i64)> {
+        (self.status == "queued")
+            .then_some(self.next_attempt_at)
+            .flatten()
+            .map(|at| (self.kind, self.id, at.timestamp_millis()))
+    }
+}
+
 /// Claims the given messages that are still queued and due, stamping a lease,
 /// and opens an attempt row for each. Returns only what this call won.
 pub async fn claim(
@@ -229,12 +249,7 @@ pub async fn finish_batch(
             )
             .await?;
         for row in &rows {
-            let s = Settled {
-                kind,
-                id: row.try_get(0)?,
-                status: row.try_get(1)?,
-                next_attempt_at: row.try_get(2)?,
-            };
+            let s = Settled::from_row(kind, row)?;
             settled.insert((kind, s.id), s);
         }
         let won: Vec<&&(MailJob, AttemptResult)> = mine
@@ -311,12 +326,7 @@ pub async fn reclaim_expired(
             .await?;
         let mut ids = Vec::with_capacity(rows.len());
         for row in &rows {
-            let s = Settled {
-                kind,
-                id: row.try_get(0)?,
-                status: row.try_get(1)?,
-                next_attempt_at: row.try_get(2)?,
-            };
+            let s = Settled::from_row(kind, row)?;
             ids.push(s.id);
             settled.push(s);
         }
