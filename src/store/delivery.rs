@@ -118,18 +118,27 @@ pub async fn claim(
             MessageKind::Contact => "name, email, message",
             MessageKind::Notify => "recipient, subject, body, html, metadata",
         };
-        let rows = tx
-            .query(
-                &format!(
-                    "UPDATE {t} SET status = 'sending', lease_owner = $2,
-                        lease_until = now() + make_interval(secs => $3), updated_at = now()
-                     WHERE id = ANY($1) AND status = 'queued' AND next_attempt_at <= now()
-                     RETURNING id, uuid, retry_count, {content_cols}",
-                    t = table(kind)
-                ),
-                &[&ids, &lease_token.to_string(), &lease.as_secs_f64()],
-            )
+        // One primary-key lookup per message, not `id = ANY($1)`: while a
+        // burst fills the table faster than statistics follow, the planner
+        // may serve `ANY` by walking the partial index of every queued row,
+        // which turns each claim into a scan of the whole backlog.
+        let statement = tx
+            .prepare(&format!(
+                "UPDATE {t} SET status = 'sending', lease_owner = $2,
+                    lease_until = now() + make_interval(secs => $3), updated_at = now()
+                 WHERE id = $1 AND status = 'queued' AND next_attempt_at <= now()
+                 RETURNING id, uuid, retry_count, {content_cols}",
+                t = table(kind)
+            ))
             .await?;
+        let token = lease_token.to_string();
+        let lease_secs = lease.as_secs_f64();
+        let mut rows = Vec::with_capacity(ids.len());
+        for id in &ids {
+            if let Some(row) = tx.query_opt(&statement, &[id, &token, &lease_secs]).await? {
+                rows.push(row);
+            }
+        }
         let mut won_ids = Vec::with_capacity(rows.len());
         let mut numbers = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -210,78 +219,75 @@ pub async fn finish_batch(
 ) -> Result<Vec<Option<Settled>>, StoreError> {
     let mut conn = super::checkout(pool).await?;
     let tx = conn.transaction().await?;
-    let mut settled: HashMap<(MessageKind, i64), Settled> = HashMap::new();
-    for kind in [MessageKind::Contact, MessageKind::Notify] {
-        let mine: Vec<&(MailJob, AttemptResult)> =
-            done.iter().filter(|(j, _)| j.kind == kind).collect();
-        if mine.is_empty() {
-            continue;
-        }
-        let states: Vec<_> = mine.iter().map(|(j, r)| next_state(j, r, policy)).collect();
-        let ids: Vec<i64> = mine.iter().map(|(j, _)| j.id).collect();
-        let tokens: Vec<String> = mine
-            .iter()
-            .map(|(j, _)| j.lease_token.to_string())
-            .collect();
-        let statuses: Vec<&str> = states.iter().map(|s| s.0).collect();
-        let retries: Vec<i32> = states.iter().map(|s| s.1).collect();
-        let delays: Vec<Option<f64>> = states
-            .iter()
-            .map(|s| s.2.map(|d| d.as_secs_f64()))
-            .collect();
-        let errors: Vec<Option<&str>> = mine.iter().map(|(_, r)| r.error.as_deref()).collect();
-        let rows = tx
-            .query(
-                &format!(
-                    "UPDATE {} m SET status = u.status, retry_count = u.retry_count,
-                        next_attempt_at = CASE WHEN u.delay IS NULL THEN NULL
-                                               ELSE now() + make_interval(secs => u.delay) END,
-                        sent_at = CASE WHEN u.status = 'sent' THEN now() ELSE m.sent_at END,
-                        error_message = COALESCE(u.error, m.error_message),
-                        lease_owner = NULL, lease_until = NULL, updated_at = now()
-                     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::text[])
-                          AS u(id, token, status, retry_count, delay, error)
-                     WHERE m.id = u.id AND m.status = 'sending' AND m.lease_owner = u.token
-                     RETURNING m.id, m.status, m.next_attempt_at",
-                    table(kind)
-                ),
-                &[&ids, &tokens, &statuses, &retries, &delays, &errors],
-            )
-            .await?;
-        for row in &rows {
-            let s = Settled::from_row(kind, row)?;
-            settled.insert((kind, s.id), s);
-        }
-        let won: Vec<&&(MailJob, AttemptResult)> = mine
-            .iter()
-            .filter(|(j, _)| settled.contains_key(&(kind, j.id)))
-            .collect();
-        if won.is_empty() {
-            continue;
-        }
-        let ids: Vec<i64> = won.iter().map(|(j, _)| j.id).collect();
-        let numbers: Vec<i32> = won.iter().map(|(j, _)| j.attempt).collect();
-        let outcomes: Vec<&str> = won.iter().map(|(_, r)| r.outcome.as_str()).collect();
-        let codes: Vec<Option<i32>> = won.iter().map(|(_, r)| r.smtp_code).collect();
-        let replies: Vec<Option<&str>> = won.iter().map(|(_, r)| r.smtp_reply.as_deref()).collect();
-        let errors: Vec<Option<&str>> = won.iter().map(|(_, r)| r.error.as_deref()).collect();
-        let durations: Vec<i64> = won.iter().map(|(_, r)| r.duration_ms).collect();
-        tx.execute(
-            "UPDATE delivery_attempts a SET finished_at = now(), outcome = u.outcome,
-                smtp_code = u.code, smtp_reply = u.reply, error = u.error, duration_ms = u.duration
-             FROM unnest($2::bigint[], $3::int[], $4::text[], $5::int[], $6::text[], $7::text[], $8::bigint[])
-                  AS u(id, number, outcome, code, reply, error, duration)
-             WHERE a.kind = $1 AND a.message_id = u.id AND a.number = u.number",
-            &[&kind.as_str(), &ids, &numbers, &outcomes, &codes, &replies, &errors, &durations],
+    // Prepared once per kind, run once per row: primary-key lookups whatever
+    // the planner believes about the table's size (see `claim`).
+    let attempt = tx
+        .prepare(
+            "UPDATE delivery_attempts SET finished_at = now(), outcome = $4, smtp_code = $5,
+                smtp_reply = $6, error = $7, duration_ms = $8
+             WHERE kind = $1 AND message_id = $2 AND number = $3",
         )
         .await?;
+    let mut settled = Vec::with_capacity(done.len());
+    let mut statements = HashMap::new();
+    for (job, result) in done {
+        let message = match statements.get(&job.kind) {
+            Some(s) => s,
+            None => {
+                let s = tx
+                    .prepare(&format!(
+                        "UPDATE {} SET status = $3, retry_count = $4,
+                            next_attempt_at = CASE WHEN $5::float8 IS NULL THEN NULL
+                                                   ELSE now() + make_interval(secs => $5::float8) END,
+                            sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END,
+                            error_message = COALESCE($6, error_message),
+                            lease_owner = NULL, lease_until = NULL, updated_at = now()
+                         WHERE id = $1 AND status = 'sending' AND lease_owner = $2
+                         RETURNING id, status, next_attempt_at",
+                        table(job.kind)
+                    ))
+                    .await?;
+                statements.entry(job.kind).or_insert(s)
+            }
+        };
+        let (status, retry_count, delay) = next_state(job, result, policy);
+        let row = tx
+            .query_opt(
+                message,
+                &[
+                    &job.id,
+                    &job.lease_token.to_string(),
+                    &status,
+                    &retry_count,
+                    &delay.map(|d| d.as_secs_f64()),
+                    &result.error,
+                ],
+            )
+            .await?;
+        let Some(row) = row else {
+            // The lease was lost meanwhile: newer state stands.
+            settled.push(None);
+            continue;
+        };
+        tx.execute(
+            &attempt,
+            &[
+                &job.kind.as_str(),
+                &job.id,
+                &job.attempt,
+                &result.outcome.as_str(),
+                &result.smtp_code,
+                &result.smtp_reply,
+                &result.error,
+                &result.duration_ms,
+            ],
+        )
+        .await?;
+        settled.push(Some(Settled::from_row(job.kind, &row)?));
     }
     tx.commit().await?;
     conn.release();
-    Ok(done
-        .iter()
-        .map(|(j, _)| settled.remove(&(j.kind, j.id)))
-        .collect())
+    Ok(settled)
 }
 
 /// Turns expired leases (their sender died mid-send) into scheduled retries,
