@@ -117,6 +117,12 @@ pub async fn healthz(ctx: &AppContext) -> HttpResponse {
         Ok(())
     };
 
+    // Reachable is not enough: until the migrations are applied the service
+    // cannot accept anything, and health must say so.
+    let database = database.and_then(|()| match &persistence_report {
+        Some(r) if !r.schema_ready => Err("schema migrations not applied yet".to_owned()),
+        _ => Ok(()),
+    });
     let mut checks = BTreeMap::new();
     checks.insert("database", check(database));
     checks.insert("redis", check(redis));

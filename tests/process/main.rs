@@ -31,7 +31,9 @@ fn wait_ready(p: &ServiceProcess) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, body) = http(p.addr, "GET", "/healthz", None);
-        if status == 200 || body.contains("\"schema_ready\":true") {
+        // Ready to accept: the schema is in place (Redis or the mailers
+        // may still be warming up without that mattering to these tests).
+        if body.contains("\"schema_ready\":true") {
             return;
         }
         assert!(Instant::now() < deadline, "not ready: {status} {body}");
