@@ -80,9 +80,9 @@ pub enum DispatcherMsg {
     Claimed(Vec<Entry>, Result<Vec<MailJob>, String>),
     /// A batch of outcomes was written: the entries to acknowledge and, for
     /// each recorded job, where its message stands now.
-    Recorded(Vec<String>, Vec<Settled>),
+    Recorded(Vec<String>, Vec<Settled>, Vec<usize>),
     /// Writing a batch failed; it is written again after a pause.
-    RecordFailed(Vec<(Option<String>, MailJob, AttemptResult)>),
+    RecordFailed(Vec<PendingOutcome>),
     RetryRecord,
     Flushed,
     Tick,
@@ -98,6 +98,10 @@ pub struct DispatcherArgs {
     pub mailers: usize,
 }
 
+/// An outcome waiting to be written: its stream entry, the job, what
+/// happened, and the mailer waiting for the write.
+type PendingOutcome = (Option<String>, MailJob, AttemptResult, Option<usize>);
+
 /// A claimed job and the stream entry that woke it (none when the job
 /// reached us without one, e.g. after a restart of the dispatcher).
 struct InFlight {
@@ -110,6 +114,16 @@ struct InFlight {
 struct MailerSlot {
     up: bool,
     job: Option<InFlight>,
+    /// The mailer's last send is done but its outcome is not yet committed.
+    /// It gets no new job meanwhile: were the process to die now, only that
+    /// one send could be repeated, never a run of them.
+    unrecorded: bool,
+}
+
+impl MailerSlot {
+    fn idle(&self) -> bool {
+        self.up && self.job.is_none() && !self.unrecorded
+    }
 }
 
 pub struct DispatcherState {
@@ -128,7 +142,7 @@ pub struct DispatcherState {
     claiming: usize,
     /// Outcomes waiting to be written; one batch is written at a time, and
     /// what arrives meanwhile goes into the next (group commit).
-    to_record: Vec<(Option<String>, MailJob, AttemptResult)>,
+    to_record: Vec<PendingOutcome>,
     recording: bool,
     to_enqueue: Vec<(MessageKind, i64)>,
     flushing: bool,
@@ -260,7 +274,7 @@ impl Actor for Dispatcher {
                         duration_ms: flight.started.elapsed().as_millis() as i64,
                     };
                     log_attempt(&flight.job, &result);
-                    state.record(&myself, flight, result);
+                    state.record(&myself, flight, result, None);
                 }
             }
             DispatcherMsg::JobFinished {
@@ -277,7 +291,7 @@ impl Actor for Dispatcher {
                     job: *job,
                     started: Instant::now(),
                 });
-                state.record(&myself, flight, *result);
+                state.record(&myself, flight, *result, Some(mailer));
                 state.pump(&myself);
             }
             DispatcherMsg::ReadResumed => {
@@ -341,8 +355,14 @@ impl Actor for Dispatcher {
                 state.claimed(entries, result);
                 state.pump(&myself);
             }
-            DispatcherMsg::Recorded(entries, settled) => {
+            DispatcherMsg::Recorded(entries, settled, mailers) => {
                 state.recording = false;
+                for m in mailers {
+                    if let Some(slot) = state.slots.get_mut(m) {
+                        slot.unrecorded = false;
+                    }
+                }
+                state.pump(&myself);
                 let queue = state.queue.clone();
                 tokio::spawn(async move {
                     let retries: Vec<_> = settled.iter().filter_map(Settled::retry_due).collect();
@@ -436,17 +456,14 @@ impl DispatcherState {
     }
 
     fn idle_mailers(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| s.up && s.job.is_none())
-            .count()
+        self.slots.iter().filter(|s| s.idle()).count()
     }
 
     /// Moves work forward: waiting jobs to idle mailers, then a new read if
     /// capacity is left.
     fn pump(&mut self, myself: &ActorRef<DispatcherMsg>) {
         while !self.waiting.is_empty() {
-            let Some(i) = self.slots.iter().position(|s| s.up && s.job.is_none()) else {
+            let Some(i) = self.slots.iter().position(MailerSlot::idle) else {
                 break;
             };
             let flight = self.waiting.pop_front().expect("not empty");
@@ -565,13 +582,18 @@ impl DispatcherState {
         myself: &ActorRef<DispatcherMsg>,
         flight: InFlight,
         result: AttemptResult,
+        mailer: Option<usize>,
     ) {
         self.metrics
             .attempt(flight.job.kind.as_str(), result.outcome.as_str());
         self.metrics
             .send_duration
             .observe(result.duration_ms as f64 / 1000.0);
-        self.to_record.push((flight.entry, flight.job, result));
+        if let Some(slot) = mailer.and_then(|m| self.slots.get_mut(m)) {
+            slot.unrecorded = true;
+        }
+        self.to_record
+            .push((flight.entry, flight.job, result, mailer));
         self.flush_records(myself);
     }
 
@@ -588,7 +610,7 @@ impl DispatcherState {
         tokio::spawn(async move {
             let done: Vec<_> = batch
                 .iter()
-                .map(|(_, j, r)| (j.clone(), r.clone()))
+                .map(|(_, j, r, _)| (j.clone(), r.clone()))
                 .collect();
             let result = match persistence {
                 None => Err("persistence is restarting".to_owned()),
@@ -603,8 +625,9 @@ impl DispatcherState {
             };
             match result {
                 Ok(settled) => {
-                    let entries = batch.into_iter().filter_map(|(e, _, _)| e).collect();
-                    let _ = me.cast(DispatcherMsg::Recorded(entries, settled));
+                    let mailers = batch.iter().filter_map(|o| o.3).collect();
+                    let entries = batch.into_iter().filter_map(|o| o.0).collect();
+                    let _ = me.cast(DispatcherMsg::Recorded(entries, settled, mailers));
                 }
                 Err(e) => {
                     // Giving up would let the leases expire and the mail go
