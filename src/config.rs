@@ -300,6 +300,17 @@ impl Config {
     }
 }
 
+/// A reader's name for a type: "u16", "IpAddr", "f64" (not the full path).
+fn kind_of<T>() -> &'static str {
+    let name = std::any::type_name::<T>();
+    match name.rsplit("::").next().unwrap_or(name) {
+        "IpAddr" => "an IP address",
+        "u16" | "u32" | "u64" | "usize" => "a whole number",
+        "f64" => "a number",
+        other => other,
+    }
+}
+
 struct Vars<'a> {
     get: &'a dyn Fn(&str) -> Option<String>,
 }
@@ -322,13 +333,10 @@ impl Vars<'_> {
     ) -> Result<T, ConfigError> {
         match self.opt(name) {
             None => Ok(default),
-            Some(raw) => raw.trim().parse().map_err(|_| {
-                self.error(
-                    name,
-                    &raw,
-                    &format!("expected {}", std::any::type_name::<T>()),
-                )
-            }),
+            Some(raw) => raw
+                .trim()
+                .parse()
+                .map_err(|_| self.error(name, &raw, &format!("expected {}", kind_of::<T>()))),
         }
     }
 

@@ -80,7 +80,11 @@ async fn wait_for_signal() {
 fn healthcheck() -> ExitCode {
     use std::io::{Read, Write};
     use std::time::Duration;
-    let port = std::env::var("PORT").unwrap_or_else(|_| "8002".into());
+    // As the service reads it: unset or empty means the default.
+    let port = std::env::var("PORT")
+        .ok()
+        .filter(|p| !p.trim().is_empty())
+        .unwrap_or_else(|| "8002".into());
     let addr = format!("127.0.0.1:{}", port.trim());
     let probe = || -> std::io::Result<bool> {
         let addr = addr

@@ -332,23 +332,31 @@ async fn group_commit(pool: Pool, mut pending: mpsc::Receiver<Pending>) {
 async fn prepare_schema(config: &tokio_postgres::Config) {
     let mut delay = Duration::from_millis(250);
     loop {
-        let attempt = async {
-            store::migrate::ensure_database(config).await?;
-            store::migrate::run(config).await
-        };
-        match tokio::time::timeout(Duration::from_secs(30), attempt).await {
-            Ok(Ok(())) => {
-                tracing::info!("database schema is ready");
-                return;
-            }
-            Ok(Err(e)) => {
+        // Reaching the database is bounded; applying migrations is not: one
+        // may legitimately run long, or wait for another instance's lock
+        // (a dead network path still ends it, through the TCP user timeout).
+        let reached = tokio::time::timeout(
+            Duration::from_secs(30),
+            store::migrate::ensure_database(config),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "timed out reaching the database".into(),
+            ))
+        });
+        match reached {
+            Ok(()) => match store::migrate::run(config).await {
+                Ok(()) => {
+                    tracing::info!("database schema is ready");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "applying migrations failed; retrying")
+                }
+            },
+            Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database not ready; retrying")
-            }
-            Err(_) => {
-                tracing::warn!(
-                    retry_in_ms = delay.as_millis() as u64,
-                    "database set-up timed out; retrying"
-                )
             }
         }
         tokio::time::sleep(delay).await;

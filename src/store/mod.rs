@@ -41,14 +41,39 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_millis(2500);
 pub enum StoreError {
     #[error("database unavailable: {0}")]
     Unavailable(String),
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
+}
+
+/// tokio-postgres prints only "db error" for a server error; the server's
+/// message, detail and code are what an operator needs in the log.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{}: {} ({})", db.severity(), db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                s.push_str(": ");
+                s.push_str(detail);
+            }
+            s
+        }
+        None => {
+            let mut s = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                s.push_str(": ");
+                s.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            s
+        }
+    }
 }
 
 impl From<bb8::RunError<tokio_postgres::Error>> for StoreError {
     fn from(e: bb8::RunError<tokio_postgres::Error>) -> Self {
         match e {
-            bb8::RunError::User(e) => Self::Unavailable(e.to_string()),
+            bb8::RunError::User(e) => Self::Unavailable(describe(&e)),
             bb8::RunError::TimedOut => {
                 Self::Unavailable("timed out waiting for a connection".into())
             }
