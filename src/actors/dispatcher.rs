@@ -108,6 +108,8 @@ struct InFlight {
     entry: Option<String>,
     job: MailJob,
     started: Instant,
+    /// When its claim (and so its lease) was answered.
+    claimed: Instant,
 }
 
 #[derive(Default)]
@@ -290,6 +292,7 @@ impl Actor for Dispatcher {
                     entry: None,
                     job: *job,
                     started: Instant::now(),
+                    claimed: Instant::now(),
                 });
                 state.record(&myself, flight, *result, Some(mailer));
                 state.pump(&myself);
@@ -455,6 +458,26 @@ impl DispatcherState {
         self.slots.iter().filter(|s| s.job.is_some()).count() + self.waiting.len()
     }
 
+    /// What a send still needs after it starts, with margin: the attempt
+    /// itself, the claim's own latency (the lease started in the database
+    /// before we heard of it), and time to record the outcome.
+    fn send_window(&self) -> Duration {
+        self.config.smtp.timeout + Duration::from_millis(PERSISTENCE_CALL_MS) * 2
+    }
+
+    /// Acknowledges stream entries in the background.
+    fn ack_later(&self, entries: Vec<String>) {
+        if entries.is_empty() {
+            return;
+        }
+        let queue = self.queue.clone();
+        tokio::spawn(async move {
+            if let Err(e) = queue.ack(&entries).await {
+                tracing::warn!(error = %e, "acknowledging stream entries failed");
+            }
+        });
+    }
+
     fn idle_mailers(&self) -> usize {
         self.slots.iter().filter(|s| s.idle()).count()
     }
@@ -467,6 +490,15 @@ impl DispatcherState {
                 break;
             };
             let flight = self.waiting.pop_front().expect("not empty");
+            // A job that waited so long that its lease could run out before
+            // its send is recorded must not be sent: the reconciler may hand
+            // it to someone else meanwhile. It is dropped here; its lease
+            // expires and the message is retried like any crash.
+            if flight.claimed.elapsed() + self.send_window() > lease_duration(&self.config) {
+                tracing::warn!(uuid = %flight.job.uuid, "a claimed job waited too long for a mailer; leaving it to its lease");
+                self.ack_later(flight.entry.into_iter().collect());
+                continue;
+            }
             self.assign(myself, i, flight);
         }
         // Each live mailer may have one job in hand and one claimed behind
@@ -559,6 +591,7 @@ impl DispatcherState {
                         entry: Some(entry.stream_id),
                         job,
                         started: Instant::now(),
+                        claimed: Instant::now(),
                     });
                 }
                 // Already sent, claimed elsewhere, not due yet, or a
@@ -566,14 +599,7 @@ impl DispatcherState {
                 None => done.push(entry.stream_id),
             }
         }
-        if !done.is_empty() {
-            let queue = self.queue.clone();
-            tokio::spawn(async move {
-                if let Err(e) = queue.ack(&done).await {
-                    tracing::warn!(error = %e, "acknowledging stream entries failed");
-                }
-            });
-        }
+        self.ack_later(done);
     }
 
     /// Writes an attempt's outcome, then acknowledges its entry.
@@ -772,8 +798,11 @@ async fn reconcile_with_postgres(
 /// whole SMTP attempt plus recording its outcome must fit well inside.
 /// A job claimed ahead waits behind at most `PREFETCH_PER_MAILER` sends of
 /// its mailer, then takes one send itself.
+/// The last minute is for recording the outcome, even through a database
+/// hiccup: a lease that runs out after a send but before its record would
+/// let the message be sent again.
 pub fn lease_duration(config: &Config) -> Duration {
-    config.smtp.timeout * (PREFETCH_PER_MAILER as u32 + 1) + Duration::from_secs(30)
+    config.smtp.timeout * (PREFETCH_PER_MAILER as u32 + 1) + Duration::from_secs(60)
 }
 
 /// The contract's per-attempt log line.
