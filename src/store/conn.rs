@@ -13,7 +13,9 @@ use std::ops::{Deref, DerefMut};
 
 use bb8::ManageConnection;
 use bb8_postgres::PostgresConnectionManager;
-use tokio_postgres::{Client, NoTls};
+use std::collections::HashMap;
+
+use tokio_postgres::{Client, NoTls, Statement};
 
 use super::StoreError;
 
@@ -27,10 +29,13 @@ impl Manager {
     }
 }
 
-/// A client and whether a piece of work on it is unfinished.
+/// A client, whether a piece of work on it is unfinished, and the
+/// statements already prepared on it (hot statements are parsed and planned
+/// once per connection, not on every call).
 pub struct Tracked {
     client: Client,
     in_use: bool,
+    prepared: HashMap<String, Statement>,
 }
 
 impl ManageConnection for Manager {
@@ -41,6 +46,7 @@ impl ManageConnection for Manager {
         Ok(Tracked {
             client: self.0.connect().await?,
             in_use: false,
+            prepared: HashMap::new(),
         })
     }
 
@@ -64,6 +70,16 @@ pub async fn checkout(pool: &Pool) -> Result<Conn<'_>, StoreError> {
 }
 
 impl Conn<'_> {
+    /// The statement for `sql`, prepared on this connection the first time.
+    pub async fn prepared(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.0.prepared.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.0.client.prepare(sql).await?;
+        self.0.prepared.insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+
     /// The work is done: the connection may serve the next request.
     pub fn release(mut self) {
         self.0.in_use = false;

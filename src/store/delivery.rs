@@ -8,7 +8,6 @@
 //! and a lease end; the outcome is written only by the holder of that token,
 //! so a late finish after a reclaim cannot overwrite newer state.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -94,6 +93,38 @@ impl Settled {
     }
 }
 
+fn claim_sql(kind: MessageKind) -> String {
+    let content_cols = match kind {
+        MessageKind::Contact => "name, email, message",
+        MessageKind::Notify => "recipient, subject, body, html, metadata",
+    };
+    format!(
+        "UPDATE {t} SET status = 'sending', lease_owner = $2,
+            lease_until = now() + make_interval(secs => $3), updated_at = now()
+         WHERE id = $1 AND status = 'queued' AND next_attempt_at <= now()
+         RETURNING id, uuid, retry_count, {content_cols}",
+        t = table(kind)
+    )
+}
+
+fn finish_sql(kind: MessageKind) -> String {
+    format!(
+        "UPDATE {} SET status = $3, retry_count = $4,
+            next_attempt_at = CASE WHEN $5::float8 IS NULL THEN NULL
+                                   ELSE now() + make_interval(secs => $5::float8) END,
+            sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END,
+            error_message = COALESCE($6, error_message),
+            lease_owner = NULL, lease_until = NULL, updated_at = now()
+         WHERE id = $1 AND status = 'sending' AND lease_owner = $2
+         RETURNING id, status, next_attempt_at",
+        table(kind)
+    )
+}
+
+const FINISH_ATTEMPT: &str = "UPDATE delivery_attempts SET finished_at = now(), outcome = $4,
+        smtp_code = $5, smtp_reply = $6, error = $7, duration_ms = $8
+     WHERE kind = $1 AND message_id = $2 AND number = $3";
+
 /// Claims the given messages that are still queued and due, stamping a lease,
 /// and opens an attempt row for each. Returns only what this call won.
 pub async fn claim(
@@ -103,6 +134,13 @@ pub async fn claim(
     lease: Duration,
 ) -> Result<Vec<MailJob>, StoreError> {
     let mut conn = super::checkout(pool).await?;
+    let mut statements = Vec::with_capacity(2);
+    for kind in [MessageKind::Contact, MessageKind::Notify] {
+        // Only the kinds present: preparing touches the table.
+        if jobs.iter().any(|(k, _)| *k == kind) {
+            statements.push((kind, conn.prepared(&claim_sql(kind)).await?));
+        }
+    }
     let tx = conn.transaction().await?;
     let mut claimed = Vec::with_capacity(jobs.len());
     for kind in [MessageKind::Contact, MessageKind::Notify] {
@@ -114,28 +152,18 @@ pub async fn claim(
         if ids.is_empty() {
             continue;
         }
-        let content_cols = match kind {
-            MessageKind::Contact => "name, email, message",
-            MessageKind::Notify => "recipient, subject, body, html, metadata",
-        };
         // One primary-key lookup per message, not `id = ANY($1)`: while a
         // burst fills the table faster than statistics follow, the planner
         // may serve `ANY` by walking the partial index of every queued row,
         // which turns each claim into a scan of the whole backlog.
-        let statement = tx
-            .prepare(&format!(
-                "UPDATE {t} SET status = 'sending', lease_owner = $2,
-                    lease_until = now() + make_interval(secs => $3), updated_at = now()
-                 WHERE id = $1 AND status = 'queued' AND next_attempt_at <= now()
-                 RETURNING id, uuid, retry_count, {content_cols}",
-                t = table(kind)
-            ))
-            .await?;
+        let Some((_, statement)) = statements.iter().find(|(k, _)| *k == kind) else {
+            continue;
+        };
         let token = lease_token.to_string();
         let lease_secs = lease.as_secs_f64();
         let mut rows = Vec::with_capacity(ids.len());
         for id in &ids {
-            if let Some(row) = tx.query_opt(&statement, &[id, &token, &lease_secs]).await? {
+            if let Some(row) = tx.query_opt(statement, &[id, &token, &lease_secs]).await? {
                 rows.push(row);
             }
         }
@@ -218,38 +246,24 @@ pub async fn finish_batch(
     policy: &RetryPolicy,
 ) -> Result<Vec<Option<Settled>>, StoreError> {
     let mut conn = super::checkout(pool).await?;
+    // Prepared once per connection, run once per row: primary-key lookups
+    // whatever the planner believes about the table's size (see `claim`).
+    let attempt = conn.prepared(FINISH_ATTEMPT).await?;
+    let mut statements = Vec::with_capacity(2);
+    for kind in [MessageKind::Contact, MessageKind::Notify] {
+        // Only the kinds present: preparing touches the table.
+        if done.iter().any(|(j, _)| j.kind == kind) {
+            statements.push((kind, conn.prepared(&finish_sql(kind)).await?));
+        }
+    }
     let tx = conn.transaction().await?;
-    // Prepared once per kind, run once per row: primary-key lookups whatever
-    // the planner believes about the table's size (see `claim`).
-    let attempt = tx
-        .prepare(
-            "UPDATE delivery_attempts SET finished_at = now(), outcome = $4, smtp_code = $5,
-                smtp_reply = $6, error = $7, duration_ms = $8
-             WHERE kind = $1 AND message_id = $2 AND number = $3",
-        )
-        .await?;
     let mut settled = Vec::with_capacity(done.len());
-    let mut statements = HashMap::new();
     for (job, result) in done {
-        let message = match statements.get(&job.kind) {
-            Some(s) => s,
-            None => {
-                let s = tx
-                    .prepare(&format!(
-                        "UPDATE {} SET status = $3, retry_count = $4,
-                            next_attempt_at = CASE WHEN $5::float8 IS NULL THEN NULL
-                                                   ELSE now() + make_interval(secs => $5::float8) END,
-                            sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END,
-                            error_message = COALESCE($6, error_message),
-                            lease_owner = NULL, lease_until = NULL, updated_at = now()
-                         WHERE id = $1 AND status = 'sending' AND lease_owner = $2
-                         RETURNING id, status, next_attempt_at",
-                        table(job.kind)
-                    ))
-                    .await?;
-                statements.entry(job.kind).or_insert(s)
-            }
-        };
+        let message = &statements
+            .iter()
+            .find(|(k, _)| *k == job.kind)
+            .expect("prepared for every kind in the batch")
+            .1;
         let (status, retry_count, delay) = next_state(job, result, policy);
         let row = tx
             .query_opt(

@@ -201,6 +201,19 @@ fn accepted_body(kind: MessageKind, id: i64, uuid: Uuid) -> String {
     .expect("plain struct serializes")
 }
 
+const CONTACT_BATCH_INSERT: &str = "INSERT INTO contact_messages
+       (uuid, name, email, message, request_hash, next_attempt_at)
+     SELECT u, n, e, m, h, now()
+     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[]) AS t(u, n, e, m, h)
+     RETURNING uuid, id";
+
+const NOTIFY_BATCH_INSERT: &str = "INSERT INTO notifications
+       (uuid, recipient, subject, body, html, metadata, request_hash, next_attempt_at)
+     SELECT u, r, s, b, h, m, x, now()
+     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                 $6::jsonb[], $7::bytea[]) AS t(u, r, s, b, h, m, x)
+     RETURNING uuid, id";
+
 /// Group commit: stores many plain accepts (no idempotency key, no client
 /// uuid, so no conflict is possible) in one transaction, with one multi-row
 /// INSERT per kind. Returns each message's outcome, in input order. The
@@ -221,20 +234,38 @@ pub async fn accept_batch(
         }
     }
     let mut conn = checkout(pool).await?;
+    // Prepared once per connection; `unnest` keeps the text the same
+    // whatever the batch size, so one plan serves every batch.
+    // Only what the batch needs: preparing touches the table (a lock on
+    // one table must not stall accepts for the other).
+    let contact_insert = match contacts.is_empty() {
+        true => None,
+        false => Some(conn.prepared(CONTACT_BATCH_INSERT).await?),
+    };
+    let notify_insert = match notes.is_empty() {
+        true => None,
+        false => Some(conn.prepared(NOTIFY_BATCH_INSERT).await?),
+    };
     let tx = conn.transaction().await?;
     let mut ids: HashMap<Uuid, i64> = HashMap::with_capacity(items.len());
-    if !contacts.is_empty() {
+    if let Some(contact_insert) = &contact_insert {
         let rows = tx
             .query(
-                "INSERT INTO contact_messages (uuid, name, email, message, request_hash, next_attempt_at)
-                 SELECT u, n, e, m, h, now()
-                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[]) AS t(u, n, e, m, h)
-                 RETURNING uuid, id",
+                contact_insert,
                 &[
                     &contacts.iter().map(|r| r.1).collect::<Vec<_>>(),
-                    &contacts.iter().map(|r| r.0.name.as_str()).collect::<Vec<_>>(),
-                    &contacts.iter().map(|r| r.0.email.as_ref()).collect::<Vec<&str>>(),
-                    &contacts.iter().map(|r| r.0.message.as_str()).collect::<Vec<_>>(),
+                    &contacts
+                        .iter()
+                        .map(|r| r.0.name.as_str())
+                        .collect::<Vec<_>>(),
+                    &contacts
+                        .iter()
+                        .map(|r| r.0.email.as_ref())
+                        .collect::<Vec<&str>>(),
+                    &contacts
+                        .iter()
+                        .map(|r| r.0.message.as_str())
+                        .collect::<Vec<_>>(),
                     &contacts.iter().map(|r| r.2).collect::<Vec<_>>(),
                 ],
             )
@@ -243,19 +274,14 @@ pub async fn accept_batch(
             ids.insert(r.try_get(0)?, r.try_get(1)?);
         }
     }
-    if !notes.is_empty() {
+    if let Some(notify_insert) = &notify_insert {
         let metadata: Vec<Option<Value>> = notes
             .iter()
             .map(|r| r.0.metadata.clone().map(Value::Object))
             .collect();
         let rows = tx
             .query(
-                "INSERT INTO notifications
-                   (uuid, recipient, subject, body, html, metadata, request_hash, next_attempt_at)
-                 SELECT u, r, s, b, h, m, x, now()
-                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                             $6::jsonb[], $7::bytea[]) AS t(u, r, s, b, h, m, x)
-                 RETURNING uuid, id",
+                notify_insert,
                 &[
                     &notes.iter().map(|r| r.1).collect::<Vec<_>>(),
                     &notes.iter().map(|r| r.0.to.as_ref()).collect::<Vec<&str>>(),
