@@ -288,16 +288,6 @@ impl Config {
             }
         })
     }
-
-    /// The database name of `database_url`, created at start when missing.
-    pub fn database_name(&self) -> String {
-        self.database_url
-            .expose()
-            .parse::<tokio_postgres::Config>()
-            .ok()
-            .and_then(|c| c.get_dbname().map(str::to_owned))
-            .unwrap_or_else(|| "postgres".to_owned())
-    }
 }
 
 /// A reader's name for a type: "u16", "IpAddr", "f64" (not the full path).
@@ -415,7 +405,6 @@ mod tests {
             c.database_url.expose(),
             "postgres://svc:p%40ss%2Fword@db:6543/mail"
         );
-        assert_eq!(c.database_name(), "mail");
     }
 
     #[test]

@@ -57,12 +57,6 @@ impl EmailAddress {
             .map(|_| Self(raw.to_owned()))
             .map_err(|_| "Enter a valid email address.")
     }
-
-    /// For values read back from our own database, which were parsed on the
-    /// way in.
-    pub fn from_trusted(raw: String) -> Self {
-        Self(raw)
-    }
 }
 
 impl AsRef<str> for EmailAddress {
