@@ -120,8 +120,14 @@ pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
     // stuck on a lock is cancelled there, so its connection comes back to
     // the pool usable instead of queueing every later query behind it. A
     // transaction left open by a cancelled request is ended too.
+    //
+    // Statements prepared once per connection are still planned per call
+    // (`force_custom_plan`): a generic plan for `WHERE id = $1 AND status =
+    // 'queued'` chosen while a fresh table has no statistics can walk the
+    // partial index of every queued row instead of one primary-key lookup.
     config.options(format!(
-        "-c statement_timeout={} -c idle_in_transaction_session_timeout=10000",
+        "-c statement_timeout={} -c idle_in_transaction_session_timeout=10000 \
+         -c plan_cache_mode=force_custom_plan",
         STATEMENT_TIMEOUT.as_millis()
     ));
     Ok(config)
