@@ -193,6 +193,14 @@ pub async fn handle(
     let path = req.uri().path().to_owned();
     let endpoint = Endpoint::parse(&path);
     let route = endpoint.map_or("unmatched", Endpoint::label);
+    // A refusal may come before the body is read (415, 413, 401, 429...);
+    // then the connection cannot be reused, and saying so spares a
+    // keep-alive client from sending its next request into a closed socket.
+    let has_body = req.headers().contains_key(hyper::header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
 
     let mut resp = match endpoint {
         None => ApiError::NotFound("Not found.").into_response(),
@@ -203,6 +211,10 @@ pub async fn handle(
 
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
+    }
+    if has_body && resp.status().as_u16() >= 400 {
+        resp.headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
     }
     let status_code = resp.status().as_u16();
     let elapsed = started.elapsed();
