@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use crate::support::smtp_sink::{Mode, SmtpSink};
-use crate::support::{TestApp, poll_until, spawn_app};
+use crate::support::{TestApp, poll_until, spawn_app_with_sink};
 
 /// Retries in tests: 300 ms, 600 ms, 1200 ms.
 const FAST_RETRIES: [(&str, &str); 3] = [
@@ -14,15 +14,9 @@ const FAST_RETRIES: [(&str, &str); 3] = [
 ];
 
 async fn app_with_sink(sink: &SmtpSink, extra: &[(&str, &str)]) -> TestApp {
-    let port = sink.addr.port().to_string();
-    let mut overrides = vec![
-        ("EMAIL_BACKEND", "smtp"),
-        ("EMAIL_HOST", "127.0.0.1"),
-        ("EMAIL_PORT", port.as_str()),
-    ];
-    overrides.extend_from_slice(&FAST_RETRIES);
+    let mut overrides = FAST_RETRIES.to_vec();
     overrides.extend_from_slice(extra);
-    spawn_app(&overrides).await
+    spawn_app_with_sink(sink, &overrides).await
 }
 
 fn attempts(v: &Value) -> Vec<Value> {

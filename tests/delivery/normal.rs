@@ -3,18 +3,15 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::smtp_sink::{Mode, SmtpSink};
-use crate::support::{Target, poll_until, spawn_app, spawn_app_on};
+use crate::support::{Target, poll_until, spawn_app_on, spawn_app_with_sink};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_accepted_notification_is_delivered_exactly_once_with_its_message_id() {
     let sink = SmtpSink::start(Mode::Accept).await;
-    let port = sink.addr.port().to_string();
-    let app = spawn_app(&[
-        ("EMAIL_BACKEND", "smtp"),
-        ("EMAIL_HOST", "127.0.0.1"),
-        ("EMAIL_PORT", &port),
-        ("DEFAULT_FROM_EMAIL", "Service <noreply@example.com>"),
-    ])
+    let app = spawn_app_with_sink(
+        &sink,
+        &[("DEFAULT_FROM_EMAIL", "Service <noreply@example.com>")],
+    )
     .await;
 
     let mut uuids = Vec::new();
@@ -57,14 +54,7 @@ async fn each_accepted_notification_is_delivered_exactly_once_with_its_message_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contact_message_goes_to_the_recipient_with_reply_to_the_sender() {
     let sink = SmtpSink::start(Mode::Accept).await;
-    let port = sink.addr.port().to_string();
-    let app = spawn_app(&[
-        ("EMAIL_BACKEND", "smtp"),
-        ("EMAIL_HOST", "127.0.0.1"),
-        ("EMAIL_PORT", &port),
-        ("CONTACT_RECIPIENT", "owner@example.com"),
-    ])
-    .await;
+    let app = spawn_app_with_sink(&sink, &[("CONTACT_RECIPIENT", "owner@example.com")]).await;
     let r = app
         .post_json(
             "/api/contact/",

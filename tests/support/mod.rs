@@ -95,6 +95,18 @@ impl TestResponse {
     }
 }
 
+/// Starts the service sending through `sink` over SMTP, with `extra`.
+pub async fn spawn_app_with_sink(sink: &smtp_sink::SmtpSink, extra: &[(&str, &str)]) -> TestApp {
+    let port = sink.addr.port().to_string();
+    let mut overrides = vec![
+        ("EMAIL_BACKEND", "smtp"),
+        ("EMAIL_HOST", "127.0.0.1"),
+        ("EMAIL_PORT", port.as_str()),
+    ];
+    overrides.extend_from_slice(extra);
+    spawn_app(&overrides).await
+}
+
 /// Starts the service with the defaults of a test and `overrides`.
 pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
     spawn_app_on(Target::fresh(), overrides).await
