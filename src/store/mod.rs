@@ -24,6 +24,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::domain::{
@@ -220,11 +221,29 @@ const NOTIFY_BATCH_INSERT: &str = "INSERT INTO notifications
                  $6::jsonb[], $7::bytea[]) AS t(u, r, s, b, h, m, x)
      RETURNING uuid, id";
 
+/// Both kinds in one statement, so that a mixed batch is still one
+/// autocommitted round trip.
+const MIXED_BATCH_INSERT: &str = "WITH c AS (
+       INSERT INTO contact_messages
+         (uuid, name, email, message, request_hash, next_attempt_at)
+       SELECT u, n, e, m, h, now()
+       FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[]) AS t(u, n, e, m, h)
+       RETURNING uuid, id),
+     n AS (
+       INSERT INTO notifications
+         (uuid, recipient, subject, body, html, metadata, request_hash, next_attempt_at)
+       SELECT u, r, s, b, h, m, x, now()
+       FROM unnest($6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[],
+                   $11::jsonb[], $12::bytea[]) AS t(u, r, s, b, h, m, x)
+       RETURNING uuid, id)
+     SELECT uuid, id FROM c UNION ALL SELECT uuid, id FROM n";
+
 /// Group commit: stores many plain accepts (no idempotency key, no client
-/// uuid, so no conflict is possible) in one transaction, with one multi-row
-/// INSERT per kind. Returns each message's outcome, in input order. The
-/// whole batch commits or fails together; only its own requests see a
-/// failure.
+/// uuid, so no conflict is possible) with one multi-row INSERT, a single
+/// autocommitted statement: one round trip and one commit for the whole
+/// batch, no `BEGIN`/`COMMIT` exchanges. Returns each message's outcome, in
+/// input order. The batch commits or fails as a whole; only its own
+/// requests see a failure.
 pub async fn accept_batch(
     pool: &Pool,
     items: &[(NewMessage, Fingerprint)],
@@ -239,78 +258,58 @@ pub async fn accept_batch(
             NewMessage::Notify(n) => notes.push((n, uuid, fingerprint.as_bytes())),
         }
     }
+    let c_uuids: Vec<Uuid> = contacts.iter().map(|r| r.1).collect();
+    let c_names: Vec<&str> = contacts.iter().map(|r| r.0.name.as_str()).collect();
+    let c_emails: Vec<&str> = contacts.iter().map(|r| r.0.email.as_ref()).collect();
+    let c_messages: Vec<&str> = contacts.iter().map(|r| r.0.message.as_str()).collect();
+    let c_hashes: Vec<&[u8]> = contacts.iter().map(|r| r.2).collect();
+    let n_uuids: Vec<Uuid> = notes.iter().map(|r| r.1).collect();
+    let n_to: Vec<&str> = notes.iter().map(|r| r.0.to.as_ref()).collect();
+    let n_subjects: Vec<&str> = notes.iter().map(|r| r.0.subject.as_str()).collect();
+    let n_bodies: Vec<&str> = notes.iter().map(|r| r.0.body.as_str()).collect();
+    let n_html: Vec<Option<&str>> = notes.iter().map(|r| r.0.html.as_deref()).collect();
+    let n_metadata: Vec<Option<Value>> = notes
+        .iter()
+        .map(|r| r.0.metadata.clone().map(Value::Object))
+        .collect();
+    let n_hashes: Vec<&[u8]> = notes.iter().map(|r| r.2).collect();
+    let contact_params: [&(dyn ToSql + Sync); 5] =
+        [&c_uuids, &c_names, &c_emails, &c_messages, &c_hashes];
+    let notify_params: [&(dyn ToSql + Sync); 7] = [
+        &n_uuids,
+        &n_to,
+        &n_subjects,
+        &n_bodies,
+        &n_html,
+        &n_metadata,
+        &n_hashes,
+    ];
+
     let mut conn = checkout(pool).await?;
     // Prepared once per connection; `unnest` keeps the text the same
-    // whatever the batch size, so one plan serves every batch.
-    // Only what the batch needs: preparing touches the table (a lock on
-    // one table must not stall accepts for the other).
-    let contact_insert = match contacts.is_empty() {
-        true => None,
-        false => Some(conn.prepared(CONTACT_BATCH_INSERT).await?),
-    };
-    let notify_insert = match notes.is_empty() {
-        true => None,
-        false => Some(conn.prepared(NOTIFY_BATCH_INSERT).await?),
-    };
-    let tx = conn.transaction().await?;
-    let mut ids: HashMap<Uuid, i64> = HashMap::with_capacity(items.len());
-    if let Some(contact_insert) = &contact_insert {
-        let rows = tx
-            .query(
-                contact_insert,
-                &[
-                    &contacts.iter().map(|r| r.1).collect::<Vec<_>>(),
-                    &contacts
-                        .iter()
-                        .map(|r| r.0.name.as_str())
-                        .collect::<Vec<_>>(),
-                    &contacts
-                        .iter()
-                        .map(|r| r.0.email.as_ref())
-                        .collect::<Vec<&str>>(),
-                    &contacts
-                        .iter()
-                        .map(|r| r.0.message.as_str())
-                        .collect::<Vec<_>>(),
-                    &contacts.iter().map(|r| r.2).collect::<Vec<_>>(),
-                ],
-            )
-            .await?;
-        for r in &rows {
-            ids.insert(r.try_get(0)?, r.try_get(1)?);
-        }
-    }
-    if let Some(notify_insert) = &notify_insert {
-        let metadata: Vec<Option<Value>> = notes
-            .iter()
-            .map(|r| r.0.metadata.clone().map(Value::Object))
-            .collect();
-        let rows = tx
-            .query(
-                notify_insert,
-                &[
-                    &notes.iter().map(|r| r.1).collect::<Vec<_>>(),
-                    &notes.iter().map(|r| r.0.to.as_ref()).collect::<Vec<&str>>(),
-                    &notes
-                        .iter()
-                        .map(|r| r.0.subject.as_str())
-                        .collect::<Vec<_>>(),
-                    &notes.iter().map(|r| r.0.body.as_str()).collect::<Vec<_>>(),
-                    &notes
-                        .iter()
-                        .map(|r| r.0.html.as_deref())
-                        .collect::<Vec<_>>(),
-                    &metadata,
-                    &notes.iter().map(|r| r.2).collect::<Vec<_>>(),
-                ],
-            )
-            .await?;
-        for r in &rows {
-            ids.insert(r.try_get(0)?, r.try_get(1)?);
-        }
-    }
-    tx.commit().await?;
+    // whatever the batch size, so one plan serves every batch. Only the
+    // tables the batch needs are named: preparing touches a table, and a
+    // lock on one must not stall accepts for the other.
+    let (sql, params): (&str, Vec<&(dyn ToSql + Sync)>) =
+        match (contacts.is_empty(), notes.is_empty()) {
+            (false, true) => (CONTACT_BATCH_INSERT, contact_params.to_vec()),
+            (true, false) => (NOTIFY_BATCH_INSERT, notify_params.to_vec()),
+            _ => (
+                MIXED_BATCH_INSERT,
+                contact_params
+                    .iter()
+                    .chain(&notify_params)
+                    .copied()
+                    .collect(),
+            ),
+        };
+    let statement = conn.prepared(sql).await?;
+    let rows = conn.query(&statement, &params).await?;
     conn.release();
+    let mut ids: HashMap<Uuid, i64> = HashMap::with_capacity(items.len());
+    for r in &rows {
+        ids.insert(r.try_get(0)?, r.try_get(1)?);
+    }
     items
         .iter()
         .zip(&uuids)
