@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::{Content, Pool, StoreError, table};
@@ -93,37 +95,85 @@ impl Settled {
     }
 }
 
+/// Opens a delivery bookkeeping transaction. Its commit does not wait for
+/// the WAL flush: what it records (a claim, an outcome) is what stops a
+/// message from being sent twice, and it survives the death of this
+/// process as soon as PostgreSQL has it. Only a crash of PostgreSQL itself
+/// (or of its machine) within `wal_writer_delay` × 3 of the commit can lose
+/// it, and then the message is sent again, never lost. Accepts keep their
+/// synchronous commit: a `202` promises durability.
+const BEGIN_BOOKKEEPING: &str = "BEGIN; SET LOCAL synchronous_commit TO OFF";
+
+/// Runs `BEGIN`, the statements and `COMMIT` as one pipelined exchange: one
+/// round trip for the whole batch. A failed statement aborts the
+/// transaction (PostgreSQL turns the `COMMIT` into a rollback) and the
+/// error is returned; the connection, not released, is then discarded.
+async fn pipelined<'a, T, F>(
+    conn: &'a Client,
+    statements: impl IntoIterator<Item = F>,
+) -> Result<Vec<T>, tokio_postgres::Error>
+where
+    F: std::future::Future<Output = Result<T, tokio_postgres::Error>> + 'a,
+{
+    // Requests go out in the order the futures are first polled, and
+    // `try_join3` and `try_join_all` poll in order.
+    let (_, results, _) = futures_util::future::try_join3(
+        conn.batch_execute(BEGIN_BOOKKEEPING),
+        futures_util::future::try_join_all(statements),
+        conn.batch_execute("COMMIT"),
+    )
+    .await?;
+    Ok(results)
+}
+
 fn claim_sql(kind: MessageKind) -> String {
     let content_cols = match kind {
         MessageKind::Contact => "name, email, message",
         MessageKind::Notify => "recipient, subject, body, html, metadata",
     };
+    // The attempt row is opened by the same statement: one statement per
+    // message, a primary-key lookup whatever the planner believes about the
+    // table's size.
     format!(
-        "UPDATE {t} SET status = 'sending', lease_owner = $2,
-            lease_until = now() + make_interval(secs => $3), updated_at = now()
-         WHERE id = $1 AND status = 'queued' AND next_attempt_at <= now()
-         RETURNING id, uuid, retry_count, {content_cols}",
-        t = table(kind)
+        "WITH m AS (
+           UPDATE {t} SET status = 'sending', lease_owner = $2,
+             lease_until = now() + make_interval(secs => $3), updated_at = now()
+           WHERE id = $1 AND status = 'queued' AND next_attempt_at <= now()
+           RETURNING id, uuid, retry_count, {content_cols}),
+         a AS (
+           INSERT INTO delivery_attempts (kind, message_id, number, started_at)
+           SELECT '{k}', id, retry_count + 1, now() FROM m
+           ON CONFLICT (kind, message_id, number)
+           DO UPDATE SET started_at = now(), finished_at = NULL, outcome = NULL)
+         SELECT * FROM m",
+        t = table(kind),
+        k = kind.as_str(),
     )
 }
 
 fn finish_sql(kind: MessageKind) -> String {
+    // The message and its attempt in one statement; the attempt is closed
+    // only when this lease still held the message.
     format!(
-        "UPDATE {} SET status = $3, retry_count = $4,
-            next_attempt_at = CASE WHEN $5::float8 IS NULL THEN NULL
-                                   ELSE now() + make_interval(secs => $5::float8) END,
-            sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END,
-            error_message = COALESCE($6, error_message),
-            lease_owner = NULL, lease_until = NULL, updated_at = now()
-         WHERE id = $1 AND status = 'sending' AND lease_owner = $2
-         RETURNING id, status, next_attempt_at",
-        table(kind)
+        "WITH m AS (
+           UPDATE {t} SET status = $3, retry_count = $4,
+             next_attempt_at = CASE WHEN $5::float8 IS NULL THEN NULL
+                                    ELSE now() + make_interval(secs => $5::float8) END,
+             sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END,
+             error_message = COALESCE($6, error_message),
+             lease_owner = NULL, lease_until = NULL, updated_at = now()
+           WHERE id = $1 AND status = 'sending' AND lease_owner = $2
+           RETURNING id, status, next_attempt_at),
+         a AS (
+           UPDATE delivery_attempts SET finished_at = now(), outcome = $8,
+             smtp_code = $9, smtp_reply = $10, error = $6, duration_ms = $11
+           WHERE kind = '{k}' AND message_id = $1 AND number = $7
+             AND EXISTS (SELECT 1 FROM m))
+         SELECT * FROM m",
+        t = table(kind),
+        k = kind.as_str(),
     )
 }
-
-const FINISH_ATTEMPT: &str = "UPDATE delivery_attempts SET finished_at = now(), outcome = $4,
-        smtp_code = $5, smtp_reply = $6, error = $7, duration_ms = $8
-     WHERE kind = $1 AND message_id = $2 AND number = $3";
 
 /// Claims the given messages that are still queued and due, stamping a lease,
 /// and opens an attempt row for each. Returns only what this call won.
@@ -141,79 +191,60 @@ pub async fn claim(
             statements.push((kind, conn.prepared(&claim_sql(kind)).await?));
         }
     }
-    let tx = conn.transaction().await?;
-    let mut claimed = Vec::with_capacity(jobs.len());
-    for kind in [MessageKind::Contact, MessageKind::Notify] {
-        let ids: Vec<i64> = jobs
-            .iter()
-            .filter(|(k, _)| *k == kind)
-            .map(|(_, id)| *id)
-            .collect();
-        if ids.is_empty() {
-            continue;
-        }
-        // One primary-key lookup per message, not `id = ANY($1)`: while a
-        // burst fills the table faster than statistics follow, the planner
-        // may serve `ANY` by walking the partial index of every queued row,
-        // which turns each claim into a scan of the whole backlog.
-        let Some((_, statement)) = statements.iter().find(|(k, _)| *k == kind) else {
-            continue;
-        };
-        let token = lease_token.to_string();
-        let lease_secs = lease.as_secs_f64();
-        let mut rows = Vec::with_capacity(ids.len());
-        for id in &ids {
-            if let Some(row) = tx.query_opt(statement, &[id, &token, &lease_secs]).await? {
-                rows.push(row);
-            }
-        }
-        let mut won_ids = Vec::with_capacity(rows.len());
-        let mut numbers = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let retry_count: i32 = row.try_get(2)?;
-            let content = match kind {
-                MessageKind::Contact => Content::Contact {
-                    name: row.try_get(3)?,
-                    email: row.try_get(4)?,
-                    message: row.try_get(5)?,
-                },
-                MessageKind::Notify => Content::Notify {
-                    to: row.try_get(3)?,
-                    subject: row.try_get(4)?,
-                    body: row.try_get(5)?,
-                    html: row.try_get(6)?,
-                    metadata: match row.try_get::<_, Option<Value>>(7)? {
-                        Some(Value::Object(m)) => Some(m),
-                        _ => None,
-                    },
-                },
-            };
-            let job = MailJob {
-                kind,
-                id: row.try_get(0)?,
-                uuid: row.try_get(1)?,
-                retry_count,
-                attempt: retry_count + 1,
-                lease_token,
-                content,
-            };
-            won_ids.push(job.id);
-            numbers.push(job.attempt);
-            claimed.push(job);
-        }
-        if !won_ids.is_empty() {
-            tx.execute(
-                "INSERT INTO delivery_attempts (kind, message_id, number, started_at)
-                 SELECT $1, m, n, now() FROM unnest($2::bigint[], $3::int[]) AS u(m, n)
-                 ON CONFLICT (kind, message_id, number)
-                 DO UPDATE SET started_at = now(), finished_at = NULL, outcome = NULL",
-                &[&kind.as_str(), &won_ids, &numbers],
-            )
-            .await?;
-        }
-    }
-    tx.commit().await?;
+    let token = lease_token.to_string();
+    let lease_secs = lease.as_secs_f64();
+    let params: Vec<[&(dyn ToSql + Sync); 3]> = jobs
+        .iter()
+        .map(|(_, id)| [id as &(dyn ToSql + Sync), &token, &lease_secs])
+        .collect();
+    // One primary-key lookup per message, not `id = ANY($1)`: while a burst
+    // fills the table faster than statistics follow, the planner may serve
+    // `ANY` by walking the partial index of every queued row, which turns
+    // each claim into a scan of the whole backlog.
+    let rows = pipelined(
+        &conn,
+        jobs.iter().zip(&params).map(|((kind, _), p)| {
+            let statement = &statements
+                .iter()
+                .find(|(k, _)| k == kind)
+                .expect("prepared for every kind in the batch")
+                .1;
+            conn.query_opt(statement, p)
+        }),
+    )
+    .await?;
     conn.release();
+    let mut claimed = Vec::with_capacity(jobs.len());
+    for ((kind, _), row) in jobs.iter().zip(&rows) {
+        let Some(row) = row else { continue };
+        let retry_count: i32 = row.try_get(2)?;
+        let content = match kind {
+            MessageKind::Contact => Content::Contact {
+                name: row.try_get(3)?,
+                email: row.try_get(4)?,
+                message: row.try_get(5)?,
+            },
+            MessageKind::Notify => Content::Notify {
+                to: row.try_get(3)?,
+                subject: row.try_get(4)?,
+                body: row.try_get(5)?,
+                html: row.try_get(6)?,
+                metadata: match row.try_get::<_, Option<Value>>(7)? {
+                    Some(Value::Object(m)) => Some(m),
+                    _ => None,
+                },
+            },
+        };
+        claimed.push(MailJob {
+            kind: *kind,
+            id: row.try_get(0)?,
+            uuid: row.try_get(1)?,
+            retry_count,
+            attempt: retry_count + 1,
+            lease_token,
+            content,
+        });
+    }
     Ok(claimed)
 }
 
@@ -235,9 +266,43 @@ fn next_state(
     }
 }
 
+/// The parameters of one outcome's statement, owned so that the pipelined
+/// statements can borrow them.
+struct FinishParams<'a> {
+    id: i64,
+    token: String,
+    status: &'static str,
+    retry_count: i32,
+    delay: Option<f64>,
+    error: &'a Option<String>,
+    number: i32,
+    outcome: &'static str,
+    smtp_code: Option<i32>,
+    smtp_reply: &'a Option<String>,
+    duration_ms: i64,
+}
+
+impl FinishParams<'_> {
+    fn as_params(&self) -> [&(dyn ToSql + Sync); 11] {
+        [
+            &self.id,
+            &self.token,
+            &self.status,
+            &self.retry_count,
+            &self.delay,
+            self.error,
+            &self.number,
+            &self.outcome,
+            &self.smtp_code,
+            self.smtp_reply,
+            &self.duration_ms,
+        ]
+    }
+}
+
 /// Records attempts' outcomes and moves each message on: `sent`, `queued`
 /// for a retry after the policy's delay, or `failed`; all in one commit,
-/// with one statement per table and kind. An entry is `None` when its lease
+/// one statement per outcome, pipelined. An entry is `None` when its lease
 /// was lost meanwhile (reclaimed after expiry): then nothing is written for
 /// it, so a late outcome cannot overwrite newer state.
 pub async fn finish_batch(
@@ -246,9 +311,6 @@ pub async fn finish_batch(
     policy: &RetryPolicy,
 ) -> Result<Vec<Option<Settled>>, StoreError> {
     let mut conn = super::checkout(pool).await?;
-    // Prepared once per connection, run once per row: primary-key lookups
-    // whatever the planner believes about the table's size (see `claim`).
-    let attempt = conn.prepared(FINISH_ATTEMPT).await?;
     let mut statements = Vec::with_capacity(2);
     for kind in [MessageKind::Contact, MessageKind::Notify] {
         // Only the kinds present: preparing touches the table.
@@ -256,52 +318,47 @@ pub async fn finish_batch(
             statements.push((kind, conn.prepared(&finish_sql(kind)).await?));
         }
     }
-    let tx = conn.transaction().await?;
-    let mut settled = Vec::with_capacity(done.len());
-    for (job, result) in done {
-        let message = &statements
-            .iter()
-            .find(|(k, _)| *k == job.kind)
-            .expect("prepared for every kind in the batch")
-            .1;
-        let (status, retry_count, delay) = next_state(job, result, policy);
-        let row = tx
-            .query_opt(
-                message,
-                &[
-                    &job.id,
-                    &job.lease_token.to_string(),
-                    &status,
-                    &retry_count,
-                    &delay.map(|d| d.as_secs_f64()),
-                    &result.error,
-                ],
-            )
-            .await?;
-        let Some(row) = row else {
-            // The lease was lost meanwhile: newer state stands.
-            settled.push(None);
-            continue;
-        };
-        tx.execute(
-            &attempt,
-            &[
-                &job.kind.as_str(),
-                &job.id,
-                &job.attempt,
-                &result.outcome.as_str(),
-                &result.smtp_code,
-                &result.smtp_reply,
-                &result.error,
-                &result.duration_ms,
-            ],
-        )
-        .await?;
-        settled.push(Some(Settled::from_row(job.kind, &row)?));
-    }
-    tx.commit().await?;
+    let params: Vec<FinishParams> = done
+        .iter()
+        .map(|(job, result)| {
+            let (status, retry_count, delay) = next_state(job, result, policy);
+            FinishParams {
+                id: job.id,
+                token: job.lease_token.to_string(),
+                status,
+                retry_count,
+                delay: delay.map(|d| d.as_secs_f64()),
+                error: &result.error,
+                number: job.attempt,
+                outcome: result.outcome.as_str(),
+                smtp_code: result.smtp_code,
+                smtp_reply: &result.smtp_reply,
+                duration_ms: result.duration_ms,
+            }
+        })
+        .collect();
+    let arrays: Vec<_> = params.iter().map(FinishParams::as_params).collect();
+    let rows = pipelined(
+        &conn,
+        done.iter().zip(&arrays).map(|((job, _), p)| {
+            let statement = &statements
+                .iter()
+                .find(|(k, _)| *k == job.kind)
+                .expect("prepared for every kind in the batch")
+                .1;
+            conn.query_opt(statement, p)
+        }),
+    )
+    .await?;
     conn.release();
-    Ok(settled)
+    done.iter()
+        .zip(&rows)
+        .map(|((job, _), row)| match row {
+            // The lease was lost meanwhile: newer state stands.
+            None => Ok(None),
+            Some(row) => Settled::from_row(job.kind, row).map(Some),
+        })
+        .collect()
 }
 
 /// Turns expired leases (their sender died mid-send) into scheduled retries,
