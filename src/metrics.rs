@@ -40,6 +40,11 @@ pub struct ChildLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// 0.1 ms … ~13 s: for database round trips, which are often under 1 ms.
+fn fine_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms … ~16 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -52,6 +57,8 @@ pub struct Metrics {
     pub accepted: Family<KindLabels, Counter>,
     pub attempts: Family<OutcomeLabels, Counter>,
     pub send_duration: Histogram,
+    pub claim_duration: Histogram,
+    pub record_wait: Histogram,
     pub queue_depth: Gauge,
     pub scheduled_retries: Gauge,
     pub leases_reclaimed: Counter,
@@ -100,6 +107,18 @@ impl Metrics {
             "send_duration_seconds",
             "Time of one delivery attempt through the backend",
             send_duration.clone(),
+        );
+        let claim_duration = fine_histogram();
+        registry.register(
+            "claim_duration_seconds",
+            "Time to claim a batch of due messages in PostgreSQL, as the dispatcher sees it",
+            claim_duration.clone(),
+        );
+        let record_wait = fine_histogram();
+        registry.register(
+            "record_wait_seconds",
+            "Time from the end of a send until its outcome is committed: the mailer's wait before its next send",
+            record_wait.clone(),
         );
         let queue_depth = Gauge::default();
         registry.register(
@@ -150,6 +169,8 @@ impl Metrics {
             accepted,
             attempts,
             send_duration,
+            claim_duration,
+            record_wait,
             queue_depth,
             scheduled_retries,
             leases_reclaimed,

@@ -47,6 +47,11 @@ pub const OVERDUE_GRACE: Duration = Duration::from_secs(5);
 const STALE_PENDING: Duration = Duration::from_secs(120);
 /// Jobs claimed ahead for each mailer, beyond the one it is sending.
 const PREFETCH_PER_MAILER: usize = 2;
+/// Outcome batches written at once. A mailer waits for its last outcome's
+/// commit before its next send, so that wait is on every mail's path: a
+/// batch arriving while others are being written starts at once instead of
+/// queueing behind them.
+const RECORDERS: usize = 4;
 /// Budget for one persistence call made by the dispatcher.
 const PERSISTENCE_CALL_MS: u64 = 5000;
 
@@ -98,9 +103,16 @@ pub struct DispatcherArgs {
     pub mailers: usize,
 }
 
-/// An outcome waiting to be written: its stream entry, the job, what
-/// happened, and the mailer waiting for the write.
-type PendingOutcome = (Option<String>, MailJob, AttemptResult, Option<usize>);
+/// An outcome waiting to be written.
+pub struct PendingOutcome {
+    /// The stream entry to acknowledge once it is written.
+    entry: Option<String>,
+    job: MailJob,
+    result: AttemptResult,
+    /// The mailer waiting for the write before its next send.
+    mailer: Option<usize>,
+    since: Instant,
+}
 
 /// A claimed job and the stream entry that woke it (none when the job
 /// reached us without one, e.g. after a restart of the dispatcher).
@@ -142,10 +154,14 @@ pub struct DispatcherState {
     /// id (after a failed read); `None` when reading new entries.
     pending_cursor: Option<String>,
     claiming: usize,
-    /// Outcomes waiting to be written; one batch is written at a time, and
-    /// what arrives meanwhile goes into the next (group commit).
+    /// Outcomes waiting to be written; up to [`RECORDERS`] batches are
+    /// written at a time, and what arrives meanwhile goes into the next
+    /// (group commit).
     to_record: Vec<PendingOutcome>,
-    recording: bool,
+    /// Batches being written.
+    recording: usize,
+    /// A write failed: nothing is written until the pause is over.
+    record_paused: bool,
     to_enqueue: Vec<(MessageKind, i64)>,
     flushing: bool,
     ticking: bool,
@@ -203,7 +219,8 @@ impl Actor for Dispatcher {
             pending_cursor: None,
             claiming: 0,
             to_record: Vec::new(),
-            recording: false,
+            recording: 0,
+            record_paused: false,
             to_enqueue: Vec::new(),
             flushing: false,
             ticking: false,
@@ -359,7 +376,7 @@ impl Actor for Dispatcher {
                 state.pump(&myself);
             }
             DispatcherMsg::Recorded(entries, settled, mailers) => {
-                state.recording = false;
+                state.recording -= 1;
                 for m in mailers {
                     if let Some(slot) = state.slots.get_mut(m) {
                         slot.unrecorded = false;
@@ -380,14 +397,16 @@ impl Actor for Dispatcher {
                 state.check_drained();
             }
             DispatcherMsg::RecordFailed(mut batch) => {
-                // `recording` stays set until the pause is over, so nothing
-                // else writes meanwhile; the failed batch goes first.
+                // Nothing else is written until the pause is over; the
+                // failed batch goes first.
+                state.recording -= 1;
+                state.record_paused = true;
                 batch.append(&mut state.to_record);
                 state.to_record = batch;
                 myself.send_after(Duration::from_millis(500), || DispatcherMsg::RetryRecord);
             }
             DispatcherMsg::RetryRecord => {
-                state.recording = false;
+                state.record_paused = false;
                 state.flush_records(&myself);
                 state.check_drained();
             }
@@ -508,7 +527,13 @@ impl DispatcherState {
         let busy = self.slots.iter().filter(|s| s.job.is_some()).count();
         let free = (up * (1 + PREFETCH_PER_MAILER))
             .saturating_sub(busy + self.claiming + self.waiting.len());
-        if self.stopped || self.reading || free == 0 {
+        // While jobs are on their way (claimed or being claimed), wait until
+        // a read can fetch one job per live mailer: a claim costs a
+        // transaction whatever its size, so many claims of one job each
+        // would take the database time the accepts and outcomes need. With
+        // nothing on its way, read whatever is free at once.
+        let on_the_way = self.claiming + self.waiting.len();
+        if self.stopped || self.reading || free == 0 || (on_the_way > 0 && free < up) {
             return;
         }
         self.reading = true;
@@ -548,8 +573,10 @@ impl DispatcherState {
         let jobs: Vec<(MessageKind, i64)> = entries.iter().filter_map(|e| e.job).collect();
         let persistence = self.peers.persistence().ok();
         let lease = lease_duration(&self.config);
+        let metrics = self.metrics.clone();
         let me = myself.clone();
         tokio::spawn(async move {
+            let started = Instant::now();
             let result = match persistence {
                 None => Err("persistence is restarting".to_owned()),
                 Some(p) => match ractor::call_t!(
@@ -565,6 +592,9 @@ impl DispatcherState {
                     Err(e) => Err(e.to_string()),
                 },
             };
+            metrics
+                .claim_duration
+                .observe(started.elapsed().as_secs_f64());
             let _ = me.cast(DispatcherMsg::Claimed(entries, result));
         });
     }
@@ -618,25 +648,31 @@ impl DispatcherState {
         if let Some(slot) = mailer.and_then(|m| self.slots.get_mut(m)) {
             slot.unrecorded = true;
         }
-        self.to_record
-            .push((flight.entry, flight.job, result, mailer));
+        self.to_record.push(PendingOutcome {
+            entry: flight.entry,
+            job: flight.job,
+            result,
+            mailer,
+            since: Instant::now(),
+        });
         self.flush_records(myself);
     }
 
-    /// Writes the waiting outcomes in one commit, unless a write is running
-    /// (then they go with the next one).
+    /// Writes the waiting outcomes in one commit, unless [`RECORDERS`]
+    /// writes are running (then they go with the next one).
     fn flush_records(&mut self, myself: &ActorRef<DispatcherMsg>) {
-        if self.recording || self.to_record.is_empty() {
+        if self.record_paused || self.recording >= RECORDERS || self.to_record.is_empty() {
             return;
         }
-        self.recording = true;
+        self.recording += 1;
         let batch = std::mem::take(&mut self.to_record);
         let persistence = self.peers.persistence().ok();
+        let metrics = self.metrics.clone();
         let me = myself.clone();
         tokio::spawn(async move {
             let done: Vec<_> = batch
                 .iter()
-                .map(|(_, j, r, _)| (j.clone(), r.clone()))
+                .map(|o| (o.job.clone(), o.result.clone()))
                 .collect();
             let result = match persistence {
                 None => Err("persistence is restarting".to_owned()),
@@ -651,8 +687,11 @@ impl DispatcherState {
             };
             match result {
                 Ok(settled) => {
-                    let mailers = batch.iter().filter_map(|o| o.3).collect();
-                    let entries = batch.into_iter().filter_map(|o| o.0).collect();
+                    for o in &batch {
+                        metrics.record_wait.observe(o.since.elapsed().as_secs_f64());
+                    }
+                    let mailers = batch.iter().filter_map(|o| o.mailer).collect();
+                    let entries = batch.into_iter().filter_map(|o| o.entry).collect();
                     let _ = me.cast(DispatcherMsg::Recorded(entries, settled, mailers));
                 }
                 Err(e) => {
@@ -731,7 +770,7 @@ impl DispatcherState {
 
     fn check_drained(&mut self) {
         let idle = self.in_flight() == 0
-            && !self.recording
+            && self.recording == 0
             && self.to_record.is_empty()
             && self.claiming == 0;
         if idle && let Some(reply) = self.draining.take() {
