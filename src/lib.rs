@@ -39,8 +39,12 @@ use actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
 use config::Config;
 use http::AppContext;
 
-/// Connections in the PostgreSQL pool.
+/// Connections in the PostgreSQL pool for requests (accepts, reads).
 pub const DB_POOL_SIZE: u32 = 16;
+/// Connections for delivery bookkeeping (claims, outcomes, the
+/// reconciler): its own pool, so that neither path can take all the
+/// connections the other needs.
+pub const DB_BOOKKEEPING_POOL_SIZE: u32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -64,6 +68,10 @@ pub async fn run(
     let pg_config = store::pg_config(config.database_url.expose())
         .map_err(|e| RunError::Config(e.to_string()))?;
     let pool = store::pool(pg_config.clone(), DB_POOL_SIZE);
+    let bookkeeping = store::pool(
+        store::bookkeeping_config(pg_config.clone()),
+        DB_BOOKKEEPING_POOL_SIZE,
+    );
     let queue = queue::Queue::new(config.redis_url.expose(), &config.redis_key_prefix)
         .map_err(|e| RunError::Config(format!("REDIS_URL: {e}")))?;
     let backend = mail::Backend::from_config(&config).map_err(RunError::Config)?;
@@ -81,6 +89,7 @@ pub async fn run(
         listener,
         ctx,
         pool,
+        bookkeeping,
         pg_config,
         queue,
         backend,

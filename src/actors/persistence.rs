@@ -77,6 +77,9 @@ pub enum PersistenceMsg {
 
 pub struct PersistenceArgs {
     pub pool: Pool,
+    /// Claims, outcomes and the reconciler's work (see
+    /// [`store::bookkeeping_config`]).
+    pub bookkeeping: Pool,
     pub pg_config: tokio_postgres::Config,
     pub schema_ready: Arc<AtomicBool>,
     pub retry: RetryPolicy,
@@ -84,6 +87,7 @@ pub struct PersistenceArgs {
 
 pub struct PersistenceState {
     pool: Pool,
+    bookkeeping: Pool,
     /// Plain accepts go to the group-commit loop.
     batcher: mpsc::Sender<Pending>,
     _batch_loop: AbortOnDrop,
@@ -135,6 +139,7 @@ impl Actor for Persistence {
             batcher,
             _batch_loop: batch_loop,
             pool: args.pool,
+            bookkeeping: args.bookkeeping,
             retry: args.retry,
             schema_ready: args.schema_ready,
             _prepare: prepare,
@@ -150,6 +155,7 @@ impl Actor for Persistence {
     ) -> Result<(), ActorProcessingErr> {
         let ready = state.schema_ready.load(Ordering::Acquire);
         let pool = state.pool.clone();
+        let bookkeeping = state.bookkeeping.clone();
         match msg {
             PersistenceMsg::Accept(req, reply) if ready && req.is_plain() => {
                 let pending = Pending {
@@ -185,24 +191,24 @@ impl Actor for Persistence {
             }
             PersistenceMsg::Claim(jobs, token, lease, reply) => {
                 run(ready, reply, async move {
-                    delivery::claim(&pool, &jobs, token, lease).await
+                    delivery::claim(&bookkeeping, &jobs, token, lease).await
                 });
             }
             PersistenceMsg::FinishBatch(done, reply) => {
                 let retry = state.retry.clone();
                 run(ready, reply, async move {
-                    delivery::finish_batch(&pool, &done, &retry).await
+                    delivery::finish_batch(&bookkeeping, &done, &retry).await
                 });
             }
             PersistenceMsg::ReclaimExpired(reply) => {
                 let retry = state.retry.clone();
                 run(ready, reply, async move {
-                    delivery::reclaim_expired(&pool, &retry).await
+                    delivery::reclaim_expired(&bookkeeping, &retry).await
                 });
             }
             PersistenceMsg::Overdue(grace, limit, reply) => {
                 run(ready, reply, async move {
-                    delivery::overdue(&pool, grace, limit).await
+                    delivery::overdue(&bookkeeping, grace, limit).await
                 });
             }
             PersistenceMsg::Ping(reply) => {

@@ -64,6 +64,7 @@ pub struct SupervisorArgs {
     pub listener: TcpListener,
     pub ctx: Arc<AppContext>,
     pub pool: Pool,
+    pub bookkeeping: Pool,
     pub pg_config: tokio_postgres::Config,
     pub queue: Queue,
     pub backend: Backend,
@@ -73,6 +74,7 @@ pub struct SupervisorState {
     listener: Option<Arc<TcpListener>>,
     ctx: Arc<AppContext>,
     pool: Pool,
+    bookkeeping: Pool,
     pg_config: tokio_postgres::Config,
     queue: Queue,
     backend: Backend,
@@ -167,6 +169,7 @@ impl SupervisorState {
             Child::Persistence => {
                 let args = PersistenceArgs {
                     pool: self.pool.clone(),
+                    bookkeeping: self.bookkeeping.clone(),
                     pg_config: self.pg_config.clone(),
                     schema_ready: self.schema_ready.clone(),
                     retry: self.ctx.config.retry.clone(),
@@ -226,6 +229,7 @@ impl Actor for Supervisor {
             listener: Some(Arc::new(args.listener)),
             ctx: args.ctx,
             pool: args.pool,
+            bookkeeping: args.bookkeeping,
             pg_config: args.pg_config,
             queue: args.queue,
             backend: args.backend,

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
@@ -95,50 +94,38 @@ impl Settled {
     }
 }
 
-/// Opens a delivery bookkeeping transaction. Its commit does not wait for
-/// the WAL flush: what it records (a claim, an outcome) is what stops a
-/// message from being sent twice, and it survives the death of this
-/// process as soon as PostgreSQL has it. Only a crash of PostgreSQL itself
-/// (or of its machine) within `wal_writer_delay` × 3 of the commit can lose
-/// it, and then the message is sent again, never lost. Accepts keep their
-/// synchronous commit: a `202` promises durability.
-const BEGIN_BOOKKEEPING: &str = "BEGIN; SET LOCAL synchronous_commit TO OFF";
-
-/// Runs `BEGIN`, the statements and `COMMIT` as one pipelined exchange: one
-/// round trip for the whole batch. A failed statement aborts the
-/// transaction (PostgreSQL turns the `COMMIT` into a rollback) and the
-/// error is returned; the connection, not released, is then discarded.
-async fn pipelined<'a, T, F>(
-    conn: &'a Client,
-    statements: impl IntoIterator<Item = F>,
-) -> Result<Vec<T>, tokio_postgres::Error>
+/// Runs one statement per message, pipelined: all are sent at once and
+/// answered in one round trip. Each is its own transaction (a claim or an
+/// outcome concerns one message, so nothing needs to commit together), on
+/// a bookkeeping connection whose commits do not wait for the WAL flush
+/// (see [`super::bookkeeping_config`]). On an error the connection, not
+/// released, is discarded.
+async fn pipelined<T, F>(statements: impl IntoIterator<Item = F>) -> Result<Vec<T>, StoreError>
 where
-    F: std::future::Future<Output = Result<T, tokio_postgres::Error>> + 'a,
+    F: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
 {
-    // Requests go out in the order the futures are first polled, and
-    // `try_join3` and `try_join_all` poll in order.
-    let (_, results, _) = futures_util::future::try_join3(
-        conn.batch_execute(BEGIN_BOOKKEEPING),
-        futures_util::future::try_join_all(statements),
-        conn.batch_execute("COMMIT"),
-    )
-    .await?;
-    Ok(results)
+    // Requests go out in the order the futures are first polled, which is
+    // the order `try_join_all` polls them in.
+    Ok(futures_util::future::try_join_all(statements).await?)
 }
 
-fn claim_sql(kind: MessageKind) -> String {
+/// The claim of one message: public so that a test can check its plan.
+pub fn claim_sql(kind: MessageKind) -> String {
     let content_cols = match kind {
         MessageKind::Contact => "name, email, message",
         MessageKind::Notify => "recipient, subject, body, html, metadata",
     };
     // The attempt row is opened by the same statement: one statement per
     // message, a primary-key lookup whatever the planner believes about the
-    // table's size.
+    // table's size. `(status || '')` keeps the partial index of queued rows
+    // out of reach: its predicate is `status = 'queued'`, and a plan made
+    // while the table looked empty could walk that index (the whole
+    // backlog) instead of fetching one row.
     format!(
         "WITH m AS (
            UPDATE {t} SET status = 'sending', lease_owner = $2,
              lease_until = now() + make_interval(secs => $3), updated_at = now()
-           WHERE id = $1 AND status = 'queued' AND next_attempt_at <= now()
+           WHERE id = $1 AND (status || '') = 'queued' AND next_attempt_at <= now()
            RETURNING id, uuid, retry_count, {content_cols}),
          a AS (
            INSERT INTO delivery_attempts (kind, message_id, number, started_at)
@@ -151,9 +138,12 @@ fn claim_sql(kind: MessageKind) -> String {
     )
 }
 
-fn finish_sql(kind: MessageKind) -> String {
+/// The outcome of one attempt: public so that a test can check its plan.
+pub fn finish_sql(kind: MessageKind) -> String {
     // The message and its attempt in one statement; the attempt is closed
-    // only when this lease still held the message.
+    // only when this lease still held the message. As in the claim,
+    // `(status || '')` leaves the primary key as the only index to use (the
+    // partial index of leases keeps dead entries until vacuum).
     format!(
         "WITH m AS (
            UPDATE {t} SET status = $3, retry_count = $4,
@@ -162,7 +152,7 @@ fn finish_sql(kind: MessageKind) -> String {
              sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END,
              error_message = COALESCE($6, error_message),
              lease_owner = NULL, lease_until = NULL, updated_at = now()
-           WHERE id = $1 AND status = 'sending' AND lease_owner = $2
+           WHERE id = $1 AND (status || '') = 'sending' AND lease_owner = $2
            RETURNING id, status, next_attempt_at),
          a AS (
            UPDATE delivery_attempts SET finished_at = now(), outcome = $8,
@@ -201,17 +191,14 @@ pub async fn claim(
     // fills the table faster than statistics follow, the planner may serve
     // `ANY` by walking the partial index of every queued row, which turns
     // each claim into a scan of the whole backlog.
-    let rows = pipelined(
-        &conn,
-        jobs.iter().zip(&params).map(|((kind, _), p)| {
-            let statement = &statements
-                .iter()
-                .find(|(k, _)| k == kind)
-                .expect("prepared for every kind in the batch")
-                .1;
-            conn.query_opt(statement, p)
-        }),
-    )
+    let rows = pipelined(jobs.iter().zip(&params).map(|((kind, _), p)| {
+        let statement = &statements
+            .iter()
+            .find(|(k, _)| k == kind)
+            .expect("prepared for every kind in the batch")
+            .1;
+        conn.query_opt(statement, p)
+    }))
     .await?;
     conn.release();
     let mut claimed = Vec::with_capacity(jobs.len());
@@ -301,8 +288,8 @@ impl FinishParams<'_> {
 }
 
 /// Records attempts' outcomes and moves each message on: `sent`, `queued`
-/// for a retry after the policy's delay, or `failed`; all in one commit,
-/// one statement per outcome, pipelined. An entry is `None` when its lease
+/// for a retry after the policy's delay, or `failed`; one statement per
+/// outcome, pipelined. An entry is `None` when its lease
 /// was lost meanwhile (reclaimed after expiry): then nothing is written for
 /// it, so a late outcome cannot overwrite newer state.
 pub async fn finish_batch(
@@ -338,17 +325,14 @@ pub async fn finish_batch(
         })
         .collect();
     let arrays: Vec<_> = params.iter().map(FinishParams::as_params).collect();
-    let rows = pipelined(
-        &conn,
-        done.iter().zip(&arrays).map(|((job, _), p)| {
-            let statement = &statements
-                .iter()
-                .find(|(k, _)| *k == job.kind)
-                .expect("prepared for every kind in the batch")
-                .1;
-            conn.query_opt(statement, p)
-        }),
-    )
+    let rows = pipelined(done.iter().zip(&arrays).map(|((job, _), p)| {
+        let statement = &statements
+            .iter()
+            .find(|(k, _)| *k == job.kind)
+            .expect("prepared for every kind in the batch")
+            .1;
+        conn.query_opt(statement, p)
+    }))
     .await?;
     conn.release();
     done.iter()

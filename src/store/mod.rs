@@ -126,12 +126,44 @@ pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
     // (`force_custom_plan`): a generic plan for `WHERE id = $1 AND status =
     // 'queued'` chosen while a fresh table has no statistics can walk the
     // partial index of every queued row instead of one primary-key lookup.
-    config.options(format!(
-        "-c statement_timeout={} -c idle_in_transaction_session_timeout=10000 \
-         -c plan_cache_mode=force_custom_plan",
-        STATEMENT_TIMEOUT.as_millis()
-    ));
+    config.options(server_options("force_custom_plan"));
     Ok(config)
+}
+
+fn server_options(plan_cache_mode: &str) -> String {
+    format!(
+        "-c statement_timeout={} -c idle_in_transaction_session_timeout=10000 \
+         -c plan_cache_mode={plan_cache_mode}",
+        STATEMENT_TIMEOUT.as_millis()
+    )
+}
+
+/// The connection parameters for delivery bookkeeping: the same, with
+/// commits that do not wait for the WAL flush, and statements planned once
+/// per connection.
+///
+/// Planning is most of what a claim or an outcome costs PostgreSQL when it
+/// is redone on every call (measured: twice the execution), so these
+/// connections keep the generic plan of each prepared statement. A generic
+/// plan made while a table is young could be a sequential scan, kept for
+/// the life of the connection; `enable_seqscan=off` rules that out, and
+/// the statements are written so that the primary key is the only index
+/// that serves them (`tests/delivery/plans.rs` checks the plans).
+///
+/// What these connections write (a claim, an attempt's outcome, a
+/// reclaimed lease) is what keeps a message from being sent twice, and it
+/// survives the death of this process as soon as PostgreSQL has it. Only a
+/// crash of PostgreSQL itself (or of its machine) within
+/// `wal_writer_delay` × 3 (600 ms by default) of the commit can lose it,
+/// and then the message is sent again: never lost, since the accept that
+/// stored it committed synchronously (a `202` promises durability).
+pub fn bookkeeping_config(mut config: tokio_postgres::Config) -> tokio_postgres::Config {
+    config.options(format!(
+        "{} -c synchronous_commit=off -c enable_seqscan=off",
+        server_options("force_generic_plan")
+    ));
+    config.application_name("email-service-delivery");
+    config
 }
 
 /// A pool that connects lazily: building it never fails, so the service

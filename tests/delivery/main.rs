@@ -9,3 +9,4 @@ mod support;
 mod backends;
 mod failures;
 mod normal;
+mod plans;

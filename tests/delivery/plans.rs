@@ -1,0 +1,93 @@
+//! Bookkeeping connections plan each claim and outcome statement once and
+//! keep that plan for their life (`store::bookkeeping_config`). The plan
+//! made while a table is young must stay a primary-key lookup when the
+//! table holds a backlog: a sequential scan, or a walk of the partial index
+//! of queued rows, would make every claim read the whole backlog.
+
+use email_service::domain::MessageKind;
+use email_service::store::{self, delivery};
+
+use crate::support::{self, spawn_app};
+
+/// A connection configured exactly as the service's bookkeeping pool.
+async fn bookkeeping_client(database: &str) -> tokio_postgres::Client {
+    let config = store::bookkeeping_config(
+        store::pg_config(&support::database_url(database)).expect("valid url"),
+    );
+    let (client, conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(conn);
+    client
+}
+
+/// The plan the session keeps for `sql`, as `EXPLAIN EXECUTE` shows it.
+async fn kept_plan(client: &tokio_postgres::Client, sql: &str, args: &str) -> String {
+    client
+        .batch_execute(&format!("DEALLOCATE ALL; PREPARE s AS {sql}"))
+        .await
+        .expect("prepare");
+    let rows = client
+        .simple_query(&format!("EXPLAIN EXECUTE s({args})"))
+        .await
+        .expect("explain");
+    rows.iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn assert_primary_key_plans(database: &str, when: &str) {
+    let client = bookkeeping_client(database).await;
+    for (kind, table) in [
+        (MessageKind::Notify, "notifications"),
+        (MessageKind::Contact, "contact_messages"),
+    ] {
+        let statements = [
+            ("claim", delivery::claim_sql(kind), "1, 'token', 60"),
+            (
+                "outcome",
+                delivery::finish_sql(kind),
+                "1, 'token', 'sent', 0, NULL, NULL, 1, 'sent', 250, 'ok', 5",
+            ),
+        ];
+        for (what, sql, args) in statements {
+            let plan = kept_plan(&client, &sql, args).await;
+            assert!(
+                plan.contains(&format!("Index Scan using {table}_pkey on {table}")),
+                "{what} of {table}, {when}: not a primary-key lookup:\n{plan}"
+            );
+            assert!(
+                !plan.contains(&format!("Seq Scan on {table}")) && !plan.contains("_due"),
+                "{what} of {table}, {when}: reads more than one row:\n{plan}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn claims_and_outcomes_stay_primary_key_lookups_as_the_backlog_grows() {
+    let app = spawn_app(&[]).await;
+    let database = app.target.database.clone();
+    assert_primary_key_plans(&database, "on empty tables").await;
+
+    // A backlog that arrived faster than statistics follow: due later, so
+    // the service leaves it alone, and never analyzed.
+    let db = app.db().await;
+    for table_sql in [
+        "INSERT INTO notifications (uuid, recipient, subject, body, request_hash, next_attempt_at)
+         SELECT gen_random_uuid(), 'to@example.com', 's', 'b', '\\x00', now() + interval '1 day'
+         FROM generate_series(1, 50000)",
+        "INSERT INTO contact_messages (uuid, name, email, message, request_hash, next_attempt_at)
+         SELECT gen_random_uuid(), 'n', 'a@example.com', 'm', '\\x00', now() + interval '1 day'
+         FROM generate_series(1, 50000)",
+    ] {
+        db.batch_execute(table_sql).await.expect("fill the backlog");
+    }
+    assert_primary_key_plans(&database, "with 50,000 queued rows").await;
+    app.shutdown().await;
+}
