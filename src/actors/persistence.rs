@@ -103,6 +103,9 @@ pub struct PersistenceReport {
     pub schema_ready: bool,
     pub pool_connections: u32,
     pub pool_idle: u32,
+    /// The delivery bookkeeping pool.
+    pub bookkeeping_connections: u32,
+    pub bookkeeping_idle: u32,
 }
 
 impl Actor for Persistence {
@@ -213,15 +216,21 @@ impl Actor for Persistence {
             }
             PersistenceMsg::Ping(reply) => {
                 // The ping works before the schema exists: it reports the
-                // database, not our tables.
-                run(true, reply, async move { store::ping(&pool).await });
+                // database, not our tables. Both pools: delivery stalls when
+                // bookkeeping cannot get a connection, even if requests can.
+                run(true, reply, async move {
+                    tokio::try_join!(store::ping(&pool), store::ping(&bookkeeping)).map(|_| ())
+                });
             }
             PersistenceMsg::Report(reply) => {
                 let pool = state.pool.state();
+                let bookkeeping = state.bookkeeping.state();
                 let _ = reply.send(PersistenceReport {
                     schema_ready: ready,
                     pool_connections: pool.connections,
                     pool_idle: pool.idle_connections,
+                    bookkeeping_connections: bookkeeping.connections,
+                    bookkeeping_idle: bookkeeping.idle_connections,
                 });
             }
             PersistenceMsg::SchemaReady => {
