@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
@@ -94,19 +95,29 @@ impl Settled {
     }
 }
 
-/// Runs one statement per message, pipelined: all are sent at once and
-/// answered in one round trip. Each is its own transaction (a claim or an
-/// outcome concerns one message, so nothing needs to commit together), on
-/// a bookkeeping connection whose commits do not wait for the WAL flush
-/// (see [`super::bookkeeping_config`]). On an error the connection, not
-/// released, is discarded.
-async fn pipelined<T, F>(statements: impl IntoIterator<Item = F>) -> Result<Vec<T>, StoreError>
+/// Runs one statement per message inside one transaction, with `BEGIN`,
+/// the statements and `COMMIT` pipelined: one round trip and one WAL flush
+/// for the whole batch. The commit is synchronous: once it returns, a
+/// claim or an outcome survives a crash of PostgreSQL too, so a mail
+/// recorded as sent is never sent again. A failed statement aborts the
+/// transaction (PostgreSQL turns the `COMMIT` into a rollback) and the
+/// error is returned; the connection, not released, is then discarded.
+async fn pipelined<T, F>(
+    conn: &Client,
+    statements: impl IntoIterator<Item = F>,
+) -> Result<Vec<T>, StoreError>
 where
     F: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
 {
     // Requests go out in the order the futures are first polled, which is
-    // the order `try_join_all` polls them in.
-    Ok(futures_util::future::try_join_all(statements).await?)
+    // the order `try_join3` and `try_join_all` poll them in.
+    let (_, results, _) = futures_util::future::try_join3(
+        conn.batch_execute("BEGIN"),
+        futures_util::future::try_join_all(statements),
+        conn.batch_execute("COMMIT"),
+    )
+    .await?;
+    Ok(results)
 }
 
 /// The claim of one message: public so that a test can check its plan.
@@ -191,14 +202,17 @@ pub async fn claim(
     // fills the table faster than statistics follow, the planner may serve
     // `ANY` by walking the partial index of every queued row, which turns
     // each claim into a scan of the whole backlog.
-    let rows = pipelined(jobs.iter().zip(&params).map(|((kind, _), p)| {
-        let statement = &statements
-            .iter()
-            .find(|(k, _)| k == kind)
-            .expect("prepared for every kind in the batch")
-            .1;
-        conn.query_opt(statement, p)
-    }))
+    let rows = pipelined(
+        &conn,
+        jobs.iter().zip(&params).map(|((kind, _), p)| {
+            let statement = &statements
+                .iter()
+                .find(|(k, _)| k == kind)
+                .expect("prepared for every kind in the batch")
+                .1;
+            conn.query_opt(statement, p)
+        }),
+    )
     .await?;
     conn.release();
     let mut claimed = Vec::with_capacity(jobs.len());
@@ -325,14 +339,17 @@ pub async fn finish_batch(
         })
         .collect();
     let arrays: Vec<_> = params.iter().map(FinishParams::as_params).collect();
-    let rows = pipelined(done.iter().zip(&arrays).map(|((job, _), p)| {
-        let statement = &statements
-            .iter()
-            .find(|(k, _)| *k == job.kind)
-            .expect("prepared for every kind in the batch")
-            .1;
-        conn.query_opt(statement, p)
-    }))
+    let rows = pipelined(
+        &conn,
+        done.iter().zip(&arrays).map(|((job, _), p)| {
+            let statement = &statements
+                .iter()
+                .find(|(k, _)| *k == job.kind)
+                .expect("prepared for every kind in the batch")
+                .1;
+            conn.query_opt(statement, p)
+        }),
+    )
     .await?;
     conn.release();
     done.iter()

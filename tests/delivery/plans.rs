@@ -1,8 +1,9 @@
-//! Bookkeeping connections plan each claim and outcome statement once and
-//! keep that plan for their life (`store::bookkeeping_config`). The plan
-//! made while a table is young must stay a primary-key lookup when the
-//! table holds a backlog: a sequential scan, or a walk of the partial index
-//! of queued rows, would make every claim read the whole backlog.
+//! The delivery bookkeeping connections (`store::bookkeeping_config`): they
+//! plan each claim and outcome statement once and keep that plan for their
+//! life, so the plan made while a table is young must stay a primary-key
+//! lookup when the table holds a backlog (a sequential scan, or a walk of
+//! the partial index of queued rows, would make every claim read the whole
+//! backlog); and their commits are as durable as an accept's.
 
 use email_service::domain::MessageKind;
 use email_service::store::{self, delivery};
@@ -89,5 +90,24 @@ async fn claims_and_outcomes_stay_primary_key_lookups_as_the_backlog_grows() {
         db.batch_execute(table_sql).await.expect("fill the backlog");
     }
     assert_primary_key_plans(&database, "with 50,000 queued rows").await;
+    app.shutdown().await;
+}
+
+/// A claim or an outcome that PostgreSQL could forget in a crash would let
+/// a mail recorded as sent go out again: bookkeeping commits must wait for
+/// the WAL flush, like accepts.
+#[tokio::test]
+async fn bookkeeping_commits_are_synchronous() {
+    let app = spawn_app(&[]).await;
+    let client = bookkeeping_client(&app.target.database).await;
+    let setting: String = client
+        .query_one("SHOW synchronous_commit", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_eq!(
+        setting, "on",
+        "bookkeeping connections commit asynchronously"
+    );
     app.shutdown().await;
 }
