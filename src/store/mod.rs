@@ -122,11 +122,12 @@ pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
     // the pool usable instead of queueing every later query behind it. A
     // transaction left open by a cancelled request is ended too.
     //
-    // Statements prepared once per connection are still planned per call
-    // (`force_custom_plan`): a generic plan for `WHERE id = $1 AND status =
-    // 'queued'` chosen while a fresh table has no statistics can walk the
-    // partial index of every queued row instead of one primary-key lookup.
-    config.options(server_options("force_custom_plan"));
+    // PostgreSQL's own choice between custom and generic plans (`auto`):
+    // the only statement these connections prepare and reuse is the accept
+    // batch's `INSERT … SELECT FROM unnest(…)`, whose plan has one shape
+    // whatever the values; every other statement is sent unnamed, and so
+    // planned with its values on every call.
+    config.options(server_options("auto"));
     Ok(config)
 }
 
