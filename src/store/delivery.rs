@@ -11,7 +11,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
@@ -219,23 +218,7 @@ pub async fn claim(
     for ((kind, _), row) in jobs.iter().zip(&rows) {
         let Some(row) = row else { continue };
         let retry_count: i32 = row.try_get(2)?;
-        let content = match kind {
-            MessageKind::Contact => Content::Contact {
-                name: row.try_get(3)?,
-                email: row.try_get(4)?,
-                message: row.try_get(5)?,
-            },
-            MessageKind::Notify => Content::Notify {
-                to: row.try_get(3)?,
-                subject: row.try_get(4)?,
-                body: row.try_get(5)?,
-                html: row.try_get(6)?,
-                metadata: match row.try_get::<_, Option<Value>>(7)? {
-                    Some(Value::Object(m)) => Some(m),
-                    _ => None,
-                },
-            },
-        };
+        let content = Content::from_row(*kind, row, 3)?;
         claimed.push(MailJob {
             kind: *kind,
             id: row.try_get(0)?,

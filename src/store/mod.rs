@@ -548,6 +548,34 @@ pub enum Content {
     },
 }
 
+impl Content {
+    /// A kind's content columns, starting at column `first`: `name, email,
+    /// message` or `recipient, subject, body, html, metadata`.
+    pub(crate) fn from_row(
+        kind: MessageKind,
+        row: &tokio_postgres::Row,
+        first: usize,
+    ) -> Result<Self, StoreError> {
+        Ok(match kind {
+            MessageKind::Contact => Content::Contact {
+                name: row.try_get(first)?,
+                email: row.try_get(first + 1)?,
+                message: row.try_get(first + 2)?,
+            },
+            MessageKind::Notify => Content::Notify {
+                to: row.try_get(first)?,
+                subject: row.try_get(first + 1)?,
+                body: row.try_get(first + 2)?,
+                html: row.try_get(first + 3)?,
+                metadata: match row.try_get::<_, Option<Value>>(first + 4)? {
+                    Some(Value::Object(m)) => Some(m),
+                    _ => None,
+                },
+            },
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct AttemptView {
     pub number: i32,
@@ -580,23 +608,7 @@ pub struct MessageView {
 
 impl MessageView {
     fn from_row(kind: MessageKind, row: &tokio_postgres::Row) -> Result<Self, StoreError> {
-        let content = match kind {
-            MessageKind::Contact => Content::Contact {
-                name: row.try_get(9)?,
-                email: row.try_get(10)?,
-                message: row.try_get(11)?,
-            },
-            MessageKind::Notify => Content::Notify {
-                to: row.try_get(9)?,
-                subject: row.try_get(10)?,
-                body: row.try_get(11)?,
-                html: row.try_get(12)?,
-                metadata: match row.try_get::<_, Option<Value>>(13)? {
-                    Some(Value::Object(m)) => Some(m),
-                    _ => None,
-                },
-            },
-        };
+        let content = Content::from_row(kind, row, 9)?;
         Ok(Self {
             id: row.try_get(0)?,
             uuid: row.try_get(1)?,
