@@ -13,9 +13,12 @@
 //! connection each is exactly what it can use. A connection is dropped after
 //! any error (lettre has already sent QUIT), and one idle longer than
 //! [`IDLE_LIMIT`] is closed before reuse (servers drop idle clients after a
-//! minute or so). A send that fails on a reused connection before any SMTP
-//! reply (the server had closed it) is tried once more on a new connection,
-//! so a stale connection never costs a retry.
+//! minute or so). One idle longer than [`PROBE_AFTER`] is asked `NOOP`
+//! first, and replaced if it does not answer, so a connection the server
+//! closed meanwhile does not cost an attempt. A send that fails is never
+//! repeated here: the failure may come after the server took the mail (a
+//! reset while reading the reply to the final dot), and only the retry
+//! schedule, which records every attempt, may send it again.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +32,9 @@ use crate::config::SmtpConfig;
 
 /// Longest a connection may sit unused before it is closed instead of reused.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(30);
+/// A connection unused for longer is checked with `NOOP` before a send; in a
+/// burst of mail the check would cost a round trip per mail for nothing.
+pub const PROBE_AFTER: Duration = Duration::from_secs(1);
 
 pub type SmtpError = lettre::transport::smtp::Error;
 
@@ -129,27 +135,21 @@ impl Session {
         email: &[u8],
     ) -> Result<Response, SendError> {
         let reused = match self.conn.take() {
-            Some((conn, last)) if !conn.has_broken() && last.elapsed() < IDLE_LIMIT => Some(conn),
+            Some((conn, last)) if !conn.has_broken() && last.elapsed() < PROBE_AFTER => Some(conn),
+            Some((mut conn, last)) if !conn.has_broken() && last.elapsed() < IDLE_LIMIT => {
+                conn.test_connected().await.then_some(conn)
+            }
             Some((mut conn, _)) => {
                 let _ = conn.quit().await;
                 None
             }
             None => None,
         };
-        let was_reused = reused.is_some();
         let mut conn = match reused {
             Some(c) => c,
             None => settings.connect().await?,
         };
-        let result = match conn.send(envelope, email).await {
-            // The server closed the idle connection under us: no reply was
-            // read, so nothing was sent. Try once on a fresh connection.
-            Err(e) if was_reused && e.status().is_none() && !e.is_client() => {
-                conn = settings.connect().await?;
-                conn.send(envelope, email).await
-            }
-            other => other,
-        };
+        let result = conn.send(envelope, email).await;
         if result.is_ok() {
             self.conn = Some((conn, Instant::now()));
         }

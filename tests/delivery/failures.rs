@@ -289,3 +289,39 @@ async fn losing_every_redis_key_while_messages_wait_delays_but_loses_nothing() {
     assert!(counts.values().all(|&n| n == 1), "{counts:?}");
     app.shutdown().await;
 }
+
+/// A mailer keeps its SMTP connection between sends; when the server has
+/// closed it meanwhile, the next mail must still go out in one attempt
+/// (checked with `NOOP` before the send), not cost a failed attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_server_closed_while_idle_costs_no_attempt() {
+    let sink = SmtpSink::start(Mode::Accept).await;
+    let app = app_with_sink(&sink, &[("MAILER_WORKERS", "1")]).await;
+    let first = app
+        .notify(&json!({"to": "a@example.org", "subject": "one", "body": "b"}))
+        .await;
+    let v = app
+        .wait_final("notify", &first, Duration::from_secs(10))
+        .await;
+    assert_eq!(v["status"], "sent", "{v}");
+    // The server drops every open connection and comes back.
+    sink.down();
+    sink.up().await;
+    // The idle time is the condition under test: past it, the kept
+    // connection is checked before it is used.
+    tokio::time::sleep(email_service::smtp::PROBE_AFTER + Duration::from_millis(200)).await;
+    let second = app
+        .notify(&json!({"to": "a@example.org", "subject": "two", "body": "b"}))
+        .await;
+    let v = app
+        .wait_final("notify", &second, Duration::from_secs(10))
+        .await;
+    assert_eq!(v["status"], "sent", "{v}");
+    assert_eq!(
+        attempts(&v).len(),
+        1,
+        "the closed connection cost an attempt: {v}"
+    );
+    assert_eq!(sink.received().len(), 2);
+    app.shutdown().await;
+}
