@@ -8,6 +8,7 @@
 //! and a lease end; the outcome is written only by the holder of that token,
 //! so a late finish after a reclaim cannot overwrite newer state.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -119,12 +120,22 @@ where
     Ok(results)
 }
 
+/// A statement per kind, built once: the hot path only looks it up.
+fn per_kind(cell: &'static LazyLock<[String; 2]>, kind: MessageKind) -> &'static str {
+    match kind {
+        MessageKind::Contact => &cell[0],
+        MessageKind::Notify => &cell[1],
+    }
+}
+
 /// The claim of one message: public so that a test can check its plan.
-pub fn claim_sql(kind: MessageKind) -> String {
-    let content_cols = match kind {
-        MessageKind::Contact => "name, email, message",
-        MessageKind::Notify => "recipient, subject, body, html, metadata",
-    };
+pub fn claim_sql(kind: MessageKind) -> &'static str {
+    static SQL: LazyLock<[String; 2]> =
+        LazyLock::new(|| [MessageKind::Contact, MessageKind::Notify].map(build_claim_sql));
+    per_kind(&SQL, kind)
+}
+
+fn build_claim_sql(kind: MessageKind) -> String {
     // The attempt row is opened by the same statement: one statement per
     // message, a primary-key lookup whatever the planner believes about the
     // table's size. `(status || '')` keeps the partial index of queued rows
@@ -136,7 +147,7 @@ pub fn claim_sql(kind: MessageKind) -> String {
            UPDATE {t} SET status = 'sending', lease_owner = $2,
              lease_until = now() + make_interval(secs => $3), updated_at = now()
            WHERE id = $1 AND (status || '') = 'queued' AND next_attempt_at <= now()
-           RETURNING id, uuid, retry_count, {content_cols}),
+           RETURNING id, uuid, retry_count, {content}),
          a AS (
            INSERT INTO delivery_attempts (kind, message_id, number, started_at)
            SELECT '{k}', id, retry_count + 1, now() FROM m
@@ -145,11 +156,18 @@ pub fn claim_sql(kind: MessageKind) -> String {
          SELECT * FROM m",
         t = table(kind),
         k = kind.as_str(),
+        content = Content::columns(kind),
     )
 }
 
 /// The outcome of one attempt: public so that a test can check its plan.
-pub fn finish_sql(kind: MessageKind) -> String {
+pub fn finish_sql(kind: MessageKind) -> &'static str {
+    static SQL: LazyLock<[String; 2]> =
+        LazyLock::new(|| [MessageKind::Contact, MessageKind::Notify].map(build_finish_sql));
+    per_kind(&SQL, kind)
+}
+
+fn build_finish_sql(kind: MessageKind) -> String {
     // The message and its attempt in one statement; the attempt is closed
     // only when this lease still held the message. As in the claim,
     // `(status || '')` leaves the primary key as the only index to use (the
@@ -188,7 +206,7 @@ pub async fn claim(
     for kind in [MessageKind::Contact, MessageKind::Notify] {
         // Only the kinds present: preparing touches the table.
         if jobs.iter().any(|(k, _)| *k == kind) {
-            statements.push((kind, conn.prepared(&claim_sql(kind)).await?));
+            statements.push((kind, conn.prepared(claim_sql(kind)).await?));
         }
     }
     let token = lease_token.to_string();
@@ -299,7 +317,7 @@ pub async fn finish_batch(
     for kind in [MessageKind::Contact, MessageKind::Notify] {
         // Only the kinds present: preparing touches the table.
         if done.iter().any(|(j, _)| j.kind == kind) {
-            statements.push((kind, conn.prepared(&finish_sql(kind)).await?));
+            statements.push((kind, conn.prepared(finish_sql(kind)).await?));
         }
     }
     let params: Vec<FinishParams> = done

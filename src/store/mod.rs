@@ -19,6 +19,7 @@ pub mod migrate;
 pub use conn::{Pool, checkout};
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -238,35 +239,57 @@ fn accepted_body(kind: MessageKind, id: i64, uuid: Uuid) -> String {
     .expect("plain struct serializes")
 }
 
-const CONTACT_BATCH_INSERT: &str = "INSERT INTO contact_messages
-       (uuid, name, email, message, request_hash, next_attempt_at)
-     SELECT u, n, e, m, h, now()
-     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[]) AS t(u, n, e, m, h)
-     RETURNING uuid, id";
+/// The multi-row INSERT of one kind, its parameters numbered from `first`
+/// (`unnest` keeps the text the same whatever the batch size, so one plan
+/// serves every batch).
+fn batch_insert(kind: MessageKind, first: usize) -> String {
+    let p = |i: usize| format!("${}", first + i);
+    match kind {
+        MessageKind::Contact => format!(
+            "INSERT INTO contact_messages
+               (uuid, name, email, message, request_hash, next_attempt_at)
+             SELECT u, n, e, m, h, now()
+             FROM unnest({}::uuid[], {}::text[], {}::text[], {}::text[], {}::bytea[])
+               AS t(u, n, e, m, h)
+             RETURNING uuid, id",
+            p(0),
+            p(1),
+            p(2),
+            p(3),
+            p(4)
+        ),
+        MessageKind::Notify => format!(
+            "INSERT INTO notifications
+               (uuid, recipient, subject, body, html, metadata, request_hash, next_attempt_at)
+             SELECT u, r, s, b, h, m, x, now()
+             FROM unnest({}::uuid[], {}::text[], {}::text[], {}::text[], {}::text[],
+                         {}::jsonb[], {}::bytea[]) AS t(u, r, s, b, h, m, x)
+             RETURNING uuid, id",
+            p(0),
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            p(5),
+            p(6)
+        ),
+    }
+}
 
-const NOTIFY_BATCH_INSERT: &str = "INSERT INTO notifications
-       (uuid, recipient, subject, body, html, metadata, request_hash, next_attempt_at)
-     SELECT u, r, s, b, h, m, x, now()
-     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                 $6::jsonb[], $7::bytea[]) AS t(u, r, s, b, h, m, x)
-     RETURNING uuid, id";
-
-/// Both kinds in one statement, so that a mixed batch is still one
-/// autocommitted round trip.
-const MIXED_BATCH_INSERT: &str = "WITH c AS (
-       INSERT INTO contact_messages
-         (uuid, name, email, message, request_hash, next_attempt_at)
-       SELECT u, n, e, m, h, now()
-       FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[]) AS t(u, n, e, m, h)
-       RETURNING uuid, id),
-     n AS (
-       INSERT INTO notifications
-         (uuid, recipient, subject, body, html, metadata, request_hash, next_attempt_at)
-       SELECT u, r, s, b, h, m, x, now()
-       FROM unnest($6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[],
-                   $11::jsonb[], $12::bytea[]) AS t(u, r, s, b, h, m, x)
-       RETURNING uuid, id)
-     SELECT uuid, id FROM c UNION ALL SELECT uuid, id FROM n";
+/// The accept batch's statements: contacts only, notifications only, and
+/// both in one statement (so that a mixed batch is still one autocommitted
+/// round trip). Built once.
+static BATCH_INSERTS: LazyLock<[String; 3]> = LazyLock::new(|| {
+    [
+        batch_insert(MessageKind::Contact, 1),
+        batch_insert(MessageKind::Notify, 1),
+        format!(
+            "WITH c AS ({}), n AS ({}) SELECT uuid, id FROM c UNION ALL SELECT uuid, id FROM n",
+            batch_insert(MessageKind::Contact, 1),
+            batch_insert(MessageKind::Notify, 6)
+        ),
+    ]
+});
 
 /// Group commit: stores many plain accepts (no idempotency key, no client
 /// uuid, so no conflict is possible) with one multi-row INSERT, a single
@@ -316,16 +339,15 @@ pub async fn accept_batch(
     ];
 
     let mut conn = checkout(pool).await?;
-    // Prepared once per connection; `unnest` keeps the text the same
-    // whatever the batch size, so one plan serves every batch. Only the
-    // tables the batch needs are named: preparing touches a table, and a
-    // lock on one must not stall accepts for the other.
+    // Prepared once per connection. Only the tables the batch needs are
+    // named: preparing touches a table, and a lock on one must not stall
+    // accepts for the other.
     let (sql, params): (&str, Vec<&(dyn ToSql + Sync)>) =
         match (contacts.is_empty(), notes.is_empty()) {
-            (false, true) => (CONTACT_BATCH_INSERT, contact_params.to_vec()),
-            (true, false) => (NOTIFY_BATCH_INSERT, notify_params.to_vec()),
+            (false, true) => (&BATCH_INSERTS[0], contact_params.to_vec()),
+            (true, false) => (&BATCH_INSERTS[1], notify_params.to_vec()),
             _ => (
-                MIXED_BATCH_INSERT,
+                &BATCH_INSERTS[2],
                 contact_params
                     .iter()
                     .chain(&notify_params)
@@ -518,17 +540,13 @@ pub(crate) fn table(kind: MessageKind) -> &'static str {
 }
 
 /// The columns every view reads, in the order `MessageView::from_row` expects.
-fn columns(kind: MessageKind) -> &'static str {
-    match kind {
-        MessageKind::Contact => {
-            "id, uuid, status, retry_count, error_message, next_attempt_at, sent_at,
-             created_at, updated_at, name, email, message"
-        }
-        MessageKind::Notify => {
-            "id, uuid, status, retry_count, error_message, next_attempt_at, sent_at,
-             created_at, updated_at, recipient, subject, body, html, metadata"
-        }
-    }
+/// The columns of a [`MessageView`], in the order `from_row` reads them.
+fn columns(kind: MessageKind) -> String {
+    format!(
+        "id, uuid, status, retry_count, error_message, next_attempt_at, sent_at,
+         created_at, updated_at, {}",
+        Content::columns(kind)
+    )
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -549,8 +567,17 @@ pub enum Content {
 }
 
 impl Content {
-    /// A kind's content columns, starting at column `first`: `name, email,
-    /// message` or `recipient, subject, body, html, metadata`.
+    /// A kind's content columns, in the order [`Content::from_row`] reads
+    /// them.
+    pub(crate) fn columns(kind: MessageKind) -> &'static str {
+        match kind {
+            MessageKind::Contact => "name, email, message",
+            MessageKind::Notify => "recipient, subject, body, html, metadata",
+        }
+    }
+
+    /// A kind's content, read from [`Content::columns`] starting at column
+    /// `first`.
     pub(crate) fn from_row(
         kind: MessageKind,
         row: &tokio_postgres::Row,

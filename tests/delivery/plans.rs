@@ -57,7 +57,7 @@ async fn assert_primary_key_plans(database: &str, when: &str) {
             ),
         ];
         for (what, sql, args) in statements {
-            let plan = kept_plan(&client, &sql, args).await;
+            let plan = kept_plan(&client, sql, args).await;
             assert!(
                 plan.contains(&format!("Index Scan using {table}_pkey on {table}")),
                 "{what} of {table}, {when}: not a primary-key lookup:\n{plan}"
