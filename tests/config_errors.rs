@@ -86,6 +86,10 @@ fn assert_refused(variable: &str, value: &str) {
         "the line names {variable}; {context}"
     );
     assert!(line.contains(value), "the line shows the value; {context}");
+    assert!(
+        line.contains(&format!("{variable}={value:?}")),
+        "the line shows the variable with the value given; {context}"
+    );
     for text in [&out.stderr, &out.stdout] {
         assert!(!text.contains("panicked"), "no panic; {context}");
         assert!(!text.contains("RUST_BACKTRACE"), "no panic; {context}");

@@ -132,6 +132,12 @@ async fn a_notification_detail_shows_every_stored_field_by_id_and_by_uuid() {
         );
     }
     assert_eq!(view["sent_at"], Value::Null, "not sent yet");
+    // Both are always present: null until known, then a timestamp.
+    assert!(
+        view.get("sent_at").is_some_and(Value::is_null),
+        "sent_at is shown: {view}"
+    );
+    assert_timestamp(&view, "next_attempt_at");
 
     for path in [
         format!("/api/notify/{uuid}/"),
@@ -389,6 +395,9 @@ async fn the_status_filter_selects_matching_messages_and_an_invalid_status_is_a_
         assert_eq!(item["status"], "queued");
     }
     assert!(queued["count"].as_i64().unwrap() <= 2);
+    // Delivery is frozen in this app, so the two others are still queued.
+    assert_eq!(queued["count"], 2, "{queued}");
+    assert_eq!(ids_of(&queued), vec![ids[3], ids[1]]);
     let mut others = 0;
     for status in ["queued", "sending", "sent"] {
         let page = app

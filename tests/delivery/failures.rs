@@ -230,6 +230,13 @@ async fn a_mailer_that_crashes_mid_send_is_restarted_and_the_message_retried() {
             .contains("email_service_delivery_attempts_total{kind=\"notify\",outcome=\"crash\"} 2"),
         "{metrics}"
     );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l
+                == "email_service_delivery_attempts_total{kind=\"notify\",outcome=\"crash\"} 2"),
+        "exactly 2 crash attempts: {metrics}"
+    );
     assert_eq!(sink.by_message_id().len(), 2);
     assert!(sink.by_message_id().values().all(|&n| n == 1));
     app.shutdown().await;

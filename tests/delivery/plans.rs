@@ -23,14 +23,35 @@ async fn bookkeeping_client(database: &str) -> tokio_postgres::Client {
     client
 }
 
-/// The plan the session keeps for `sql`, as `EXPLAIN EXECUTE` shows it.
-async fn kept_plan(client: &tokio_postgres::Client, sql: &str, args: &str) -> String {
-    client
-        .batch_execute(&format!("DEALLOCATE ALL; PREPARE s AS {sql}"))
-        .await
-        .expect("prepare");
+/// The statements under test: (prepared name, table, sql, arguments).
+fn statements() -> Vec<(String, &'static str, &'static str, &'static str)> {
+    let mut out = Vec::new();
+    for (kind, table) in [
+        (MessageKind::Notify, "notifications"),
+        (MessageKind::Contact, "contact_messages"),
+    ] {
+        out.push((
+            format!("claim_{table}"),
+            table,
+            delivery::claim_sql(kind),
+            "1, 'token', 60",
+        ));
+        out.push((
+            format!("outcome_{table}"),
+            table,
+            delivery::finish_sql(kind),
+            "1, 'token', 'sent', 0, NULL, NULL, 1, 'sent', 250, 'ok', 5",
+        ));
+    }
+    out
+}
+
+/// The plan the session uses for its prepared statement `name`, as
+/// `EXPLAIN EXECUTE` shows it: with `force_generic_plan`, the one made at
+/// its first use and kept.
+async fn plan_of(client: &tokio_postgres::Client, name: &str, args: &str) -> String {
     let rows = client
-        .simple_query(&format!("EXPLAIN EXECUTE s({args})"))
+        .simple_query(&format!("EXPLAIN EXECUTE {name}({args})"))
         .await
         .expect("explain");
     rows.iter()
@@ -42,39 +63,39 @@ async fn kept_plan(client: &tokio_postgres::Client, sql: &str, args: &str) -> St
         .join("\n")
 }
 
-async fn assert_primary_key_plans(database: &str, when: &str) {
-    let client = bookkeeping_client(database).await;
-    for (kind, table) in [
-        (MessageKind::Notify, "notifications"),
-        (MessageKind::Contact, "contact_messages"),
-    ] {
-        let statements = [
-            ("claim", delivery::claim_sql(kind), "1, 'token', 60"),
-            (
-                "outcome",
-                delivery::finish_sql(kind),
-                "1, 'token', 'sent', 0, NULL, NULL, 1, 'sent', 250, 'ok', 5",
-            ),
-        ];
-        for (what, sql, args) in statements {
-            let plan = kept_plan(&client, sql, args).await;
-            assert!(
-                plan.contains(&format!("Index Scan using {table}_pkey on {table}")),
-                "{what} of {table}, {when}: not a primary-key lookup:\n{plan}"
-            );
-            assert!(
-                !plan.contains(&format!("Seq Scan on {table}")) && !plan.contains("_due"),
-                "{what} of {table}, {when}: reads more than one row:\n{plan}"
-            );
-        }
+async fn assert_primary_key_plans(client: &tokio_postgres::Client, when: &str) {
+    for (name, table, _, args) in statements() {
+        let plan = plan_of(client, &name, args).await;
+        assert!(
+            plan.contains(&format!("Index Scan using {table}_pkey on {table}")),
+            "{name}, {when}: not a primary-key lookup:\n{plan}"
+        );
+        assert!(
+            !plan.contains(&format!("Seq Scan on {table}")) && !plan.contains("_due"),
+            "{name}, {when}: reads more than one row:\n{plan}"
+        );
     }
 }
 
 #[tokio::test]
 async fn claims_and_outcomes_stay_primary_key_lookups_as_the_backlog_grows() {
     let app = spawn_app(&[]).await;
-    let database = app.target.database.clone();
-    assert_primary_key_plans(&database, "on empty tables").await;
+    // One connection for the whole test, as a pooled one lives: its plans
+    // are made on the young tables and kept.
+    let client = bookkeeping_client(&app.target.database).await;
+    let mode: String = client
+        .query_one("SHOW plan_cache_mode", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_eq!(mode, "force_generic_plan", "plans are not kept");
+    for (name, _, sql, _) in statements() {
+        client
+            .batch_execute(&format!("PREPARE {name} AS {sql}"))
+            .await
+            .expect("prepare");
+    }
+    assert_primary_key_plans(&client, "on empty tables").await;
 
     // A backlog that arrived faster than statistics follow: due later, so
     // the service leaves it alone, and never analyzed.
@@ -89,7 +110,9 @@ async fn claims_and_outcomes_stay_primary_key_lookups_as_the_backlog_grows() {
     ] {
         db.batch_execute(table_sql).await.expect("fill the backlog");
     }
-    assert_primary_key_plans(&database, "with 50,000 queued rows").await;
+    // The same statements on the same connection: the plans kept from the
+    // empty tables, now serving a 50,000-row backlog.
+    assert_primary_key_plans(&client, "kept from empty tables, with 50,000 queued rows").await;
     app.shutdown().await;
 }
 

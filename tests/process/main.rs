@@ -72,8 +72,12 @@ async fn statuses(target: &Target) -> Vec<(String, String)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigterm_with_sends_in_flight_exits_0_and_nothing_is_lost_after_restart() {
+/// Posts 6 notifications to a service whose SMTP server is slow, sends
+/// `signal` while a send is in flight, and checks the drain: exit 0, the
+/// sends in flight finished, the rest still queued, none lost or stuck in
+/// `sending`. Returns the sink, where the service kept its state, its
+/// environment and the uuids posted.
+async fn drain_with_sends_in_flight(signal: &str) -> (SmtpSink, Target, Vec<String>) {
     let sink = SmtpSink::start(Mode::Slow(Duration::from_millis(1500))).await;
     let target = Target::fresh();
     let db_url = database_url(&target.database);
@@ -95,20 +99,31 @@ async fn sigterm_with_sends_in_flight_exits_0_and_nothing_is_lost_after_restart(
         statuses(&target).await.iter().any(|(_, s)| s == "sending")
     })
     .await;
-    p.signal("TERM");
-    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    p.signal(signal);
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0), "SIG{signal}");
     let logs = p.stdout_lines().join("\n");
     assert!(logs.contains("shutdown complete"), "{logs}");
-    // The sends in flight finished; the rest is still queued, none is lost
-    // or stuck in `sending`.
     let after = statuses(&target).await;
     assert_eq!(after.len(), 6);
     assert!(
         after.iter().all(|(_, s)| s == "sent" || s == "queued"),
-        "{after:?}"
+        "SIG{signal}: {after:?}"
     );
-    assert!(after.iter().any(|(_, s)| s == "sent"));
+    assert!(
+        after.iter().any(|(_, s)| s == "sent"),
+        "SIG{signal}: {after:?}"
+    );
+    (sink, target, uuids)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_with_sends_in_flight_exits_0_and_nothing_is_lost_after_restart() {
+    let (sink, target, uuids) = drain_with_sends_in_flight("TERM").await;
+    let db_url = database_url(&target.database);
+    let port = sink.addr.port().to_string();
+    let redis = redis_url();
+    let mut env = env_for(&target, &db_url, &port);
+    env.push(("REDIS_URL", redis.as_str()));
     sink.set_mode(Mode::Accept);
     let p2 = ServiceProcess::start(&env);
     poll_until(
@@ -382,16 +397,5 @@ async fn with_the_database_down_at_start_livez_answers_and_healthz_says_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigint_drains_and_exits_0_like_sigterm() {
-    let target = Target::fresh();
-    let db_url = database_url(&target.database);
-    let redis = redis_url();
-    let mut p = ServiceProcess::start(&[
-        ("DATABASE_URL", db_url.as_str()),
-        ("REDIS_URL", redis.as_str()),
-        ("REDIS_KEY_PREFIX", target.prefix.as_str()),
-    ]);
-    wait_ready(&p);
-    p.signal("INT");
-    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
-    assert!(p.stdout_lines().join("\n").contains("shutdown complete"));
+    drain_with_sends_in_flight("INT").await;
 }
