@@ -40,14 +40,14 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::PoolConfig;
-use lettre::transport::smtp::client::AsyncSmtpConnection;
-use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
+use email_service::config::{Secret, SmtpConfig};
+use email_service::smtp;
 use smtp_sink::{Mode, SmtpSink};
 
 const USAGE: &str = "usage:
@@ -295,9 +295,9 @@ async fn sink_stats_command(args: &Args) -> Result<(), String> {
 /// Which SMTP client `smtp-capacity` uses.
 #[derive(Clone, Copy, PartialEq)]
 enum SmtpClient {
-    /// lettre's SMTP client on one kept-open connection per sender, over a
-    /// TCP socket with TCP_NODELAY: how the service talks to its server
-    /// (src/smtp.rs), so the figure is the sink's capacity for the service.
+    /// The service's own client, `email_service::smtp::Session` (lettre's
+    /// SMTP client on one kept-open TCP_NODELAY connection per sender), so
+    /// the figure is the sink's capacity for the service.
     LettreNodelay,
     /// lettre's pooled `AsyncSmtpTransport` (Nagle on): how the service
     /// talked before it had its own connections; stalls on delayed ACKs.
@@ -329,10 +329,11 @@ impl SmtpClient {
     }
 }
 
-/// One sender's connection, for the clients that keep their own.
+/// One sender's connection, for the clients that keep their own: the
+/// service's own SMTP session (`email_service::smtp`), or the raw client.
 enum Conn {
     None,
-    Lettre(Box<AsyncSmtpConnection>),
+    Service(Box<smtp::Session>),
     Raw(RawSmtp),
 }
 
@@ -362,10 +363,24 @@ async fn smtp_capacity(args: &Args) -> Result<(), String> {
                 .idle_timeout(Duration::from_secs(30)),
         )
         .build();
+    // The service's client exactly as a mailer uses it.
+    let settings = Arc::new(smtp::Settings::new(
+        &SmtpConfig {
+            host: "127.0.0.1".into(),
+            port,
+            use_tls: false,
+            use_ssl: false,
+            user: String::new(),
+            password: Secret::new(""),
+            timeout: Duration::from_secs(10),
+        },
+        "bench.localhost",
+    ));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..conns {
         let transport = transport.clone();
+        let settings = settings.clone();
         let next = next.clone();
         let sent = sent.clone();
         let errors = errors.clone();
@@ -393,7 +408,7 @@ async fn smtp_capacity(args: &Args) -> Result<(), String> {
                         .await
                         .map(|_| ())
                         .map_err(|e| e.to_string()),
-                    SmtpClient::LettreNodelay => lettre_send(&mut conn, port, &message).await,
+                    SmtpClient::LettreNodelay => service_send(&mut conn, &settings, &message).await,
                     SmtpClient::Raw => raw_send(&mut conn, port, &message).await,
                 };
                 match result {
@@ -485,22 +500,19 @@ impl RawSmtp {
     }
 }
 
-async fn lettre_send(conn: &mut Conn, port: u16, message: &Message) -> Result<(), String> {
-    if !matches!(conn, Conn::Lettre(_)) {
-        let stream = TcpStream::connect(loopback(port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let hello = ClientId::Domain("bench.localhost".into());
-        let c = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello)
-            .await
-            .map_err(|e| e.to_string())?;
-        *conn = Conn::Lettre(Box::new(c));
+async fn service_send(
+    conn: &mut Conn,
+    settings: &smtp::Settings,
+    message: &Message,
+) -> Result<(), String> {
+    if !matches!(conn, Conn::Service(_)) {
+        *conn = Conn::Service(Box::default());
     }
-    let Conn::Lettre(c) = conn else {
-        unreachable!("connected above")
+    let Conn::Service(session) = conn else {
+        unreachable!("set above")
     };
-    c.send(message.envelope(), &message.formatted())
+    session
+        .send(settings, message.envelope(), &message.formatted())
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())

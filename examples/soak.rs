@@ -893,7 +893,9 @@ impl Soak {
             return;
         }
         let Some(uuid) = uuid_of(&r.body) else {
-            self.stats.lock().unwrap().unexpected_status.push(format!(
+            let mut s = self.stats.lock().unwrap();
+            s.unexpected_status_count += 1;
+            s.unexpected_status.push(format!(
                 "{} 202 without a uuid: {}",
                 stamp(),
                 snippet(&r.body)
@@ -1574,7 +1576,8 @@ async fn drive(soak: Arc<Soak>, tasks: usize, period: Duration) -> Result<bool, 
     faults
         .await
         .map_err(|e| format!("the fault runner failed: {e}"))?;
-    let _ = progress.await;
+    // The progress line ticks every 30 s; the drain must not wait for it.
+    progress.abort();
     if !soak.up.load(Ordering::SeqCst) {
         return Err("the service is not up at the end of the load".into());
     }
@@ -1888,6 +1891,36 @@ async fn report(
     }
     if long_enough && (rss_flat == Some(false) || fds_flat == Some(false)) {
         failures.push(format!("RSS or fds not flat: {flat_text}"));
+    }
+    // A service that stops answering must not pass for one that lost
+    // nothing: every request is answered, in time, with a status its
+    // operation expects, and mail actually flows.
+    if stats.unexpected_status_count > 0 {
+        failures.push(format!(
+            "{} answers with a status the operation does not expect",
+            stats.unexpected_status_count
+        ));
+    }
+    if !stats.timeouts.is_empty() {
+        failures.push(format!("{} requests timed out", stats.timeouts.len()));
+    }
+    if !stats.conn_err_unexpected.is_empty() {
+        failures.push(format!(
+            "{} connection errors outside a kill",
+            stats.conn_err_unexpected.len()
+        ));
+    }
+    if !stats.slow_answers.is_empty() {
+        failures.push(format!(
+            "{} answers slower than 5 s",
+            stats.slow_answers.len()
+        ));
+    }
+    if accepted.is_empty() || sent == 0 {
+        failures.push(format!(
+            "no mail flowed: {} accepted, {sent} sent",
+            accepted.len()
+        ));
     }
     let pass = failures.is_empty();
 
