@@ -23,6 +23,15 @@ async fn bookkeeping_client(database: &str) -> tokio_postgres::Client {
     client
 }
 
+/// A setting as the session sees it.
+async fn show(client: &tokio_postgres::Client, setting: &str) -> String {
+    client
+        .query_one(&format!("SHOW {setting}"), &[])
+        .await
+        .expect("show")
+        .get(0)
+}
+
 /// The statements under test: (prepared name, table, sql, arguments).
 fn statements() -> Vec<(String, &'static str, &'static str, &'static str)> {
     let mut out = Vec::new();
@@ -83,12 +92,11 @@ async fn claims_and_outcomes_stay_primary_key_lookups_as_the_backlog_grows() {
     // One connection for the whole test, as a pooled one lives: its plans
     // are made on the young tables and kept.
     let client = bookkeeping_client(&app.target.database).await;
-    let mode: String = client
-        .query_one("SHOW plan_cache_mode", &[])
-        .await
-        .expect("show")
-        .get(0);
-    assert_eq!(mode, "force_generic_plan", "plans are not kept");
+    assert_eq!(
+        show(&client, "plan_cache_mode").await,
+        "force_generic_plan",
+        "plans are not kept"
+    );
     for (name, _, sql, _) in statements() {
         client
             .batch_execute(&format!("PREPARE {name} AS {sql}"))
@@ -123,13 +131,9 @@ async fn claims_and_outcomes_stay_primary_key_lookups_as_the_backlog_grows() {
 async fn bookkeeping_commits_are_synchronous() {
     let app = spawn_app(&[]).await;
     let client = bookkeeping_client(&app.target.database).await;
-    let setting: String = client
-        .query_one("SHOW synchronous_commit", &[])
-        .await
-        .expect("show")
-        .get(0);
     assert_eq!(
-        setting, "on",
+        show(&client, "synchronous_commit").await,
+        "on",
         "bookkeeping connections commit asynchronously"
     );
     app.shutdown().await;
