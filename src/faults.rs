@@ -3,8 +3,7 @@
 //! message's text makes its first delivery attempt crash the mailer, which is
 //! how the tests prove that a crash becomes a restart and a scheduled retry.
 
-use crate::store::Content;
-use crate::store::delivery::MailJob;
+use crate::domain::delivery::{Content, MailJob};
 
 /// The mailer panics in its `handle` on the first attempt.
 pub const MAILER_PANIC: &str = "[[fault:mailer-panic]]";

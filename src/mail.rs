@@ -24,9 +24,8 @@ use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 
 use crate::config::{Config, EmailBackend};
+use crate::domain::delivery::{AttemptResult, Content, MailJob, Outcome};
 use crate::smtp;
-use crate::store::Content;
-use crate::store::delivery::{AttemptResult, MailJob, Outcome};
 
 /// Where mail goes. Cheap to clone; an SMTP connection belongs to each
 /// mailer's [`smtp::Session`], not to the backend.

@@ -30,10 +30,10 @@ use super::mailer::MailerMsg;
 use super::persistence::PersistenceMsg;
 use crate::config::Config;
 use crate::domain::MessageKind;
+use crate::domain::delivery::{AttemptResult, MailJob, Outcome, Settled};
 use crate::http::Peers;
 use crate::metrics::Metrics;
 use crate::queue::{self, Entry, Queue};
-use crate::store::delivery::{AttemptResult, MailJob, Outcome, Settled};
 use crate::util::AbortOnDrop;
 
 /// How often due retries are promoted.

@@ -21,10 +21,10 @@ use serde::Serialize;
 
 use super::dispatcher::{DispatcherMsg, log_attempt};
 use crate::config::Config;
+use crate::domain::delivery::{AttemptResult, MailJob, Outcome};
 use crate::http::Peers;
 use crate::mail::{self, Backend};
 use crate::smtp;
-use crate::store::delivery::{AttemptResult, MailJob, Outcome};
 use crate::util::AbortOnDrop;
 
 pub struct Mailer;

@@ -23,8 +23,9 @@ use tokio::sync::{Semaphore, mpsc};
 use uuid::Uuid;
 
 use crate::config::RetryPolicy;
+use crate::domain::delivery::{AttemptResult, MailJob, Settled};
 use crate::domain::{Fingerprint, MessageKind, NewMessage};
-use crate::store::delivery::{self, AttemptResult, MailJob, Settled};
+use crate::store::delivery;
 use crate::store::{
     self, AcceptOutcome, AcceptRequest, ListQuery, MessageRef, MessageView, Page, Pool, StoreError,
 };

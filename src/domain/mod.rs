@@ -6,6 +6,7 @@
 //! The messages follow Django REST framework's wording, because clients of the
 //! service we replace may match on them.
 
+pub mod delivery;
 mod fields;
 mod idempotency;
 

@@ -11,88 +11,23 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{Content, Pool, StoreError, table};
+use super::{Pool, StoreError, content_columns, content_from_row, table};
 use crate::config::RetryPolicy;
 use crate::domain::MessageKind;
+use crate::domain::delivery::{AttemptResult, MailJob, Outcome, Settled};
 
-/// One message claimed for one attempt.
-#[derive(Debug, Clone)]
-pub struct MailJob {
-    pub kind: MessageKind,
-    pub id: i64,
-    pub uuid: Uuid,
-    /// Retries already done before this attempt.
-    pub retry_count: i32,
-    /// 1-based attempt number.
-    pub attempt: i32,
-    pub lease_token: Uuid,
-    pub content: Content,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Sent,
-    /// Worth retrying: SMTP 4xx, network errors, timeouts, TLS.
-    Transient,
-    /// Never worth retrying: SMTP 5xx, an envelope the server refuses.
-    Permanent,
-    /// The mailer crashed during the attempt, or its process died.
-    Crash,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Sent => "sent",
-            Self::Transient => "transient",
-            Self::Permanent => "permanent",
-            Self::Crash => "crash",
-        }
-    }
-}
-
-/// What one attempt produced.
-#[derive(Debug, Clone)]
-pub struct AttemptResult {
-    pub outcome: Outcome,
-    pub smtp_code: Option<i32>,
-    pub smtp_reply: Option<String>,
-    pub error: Option<String>,
-    pub duration_ms: i64,
-}
-
-/// Where a message stands after an attempt was recorded.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Settled {
-    pub kind: MessageKind,
-    pub id: i64,
-    pub status: String,
-    pub next_attempt_at: Option<DateTime<Utc>>,
-}
-
-impl Settled {
-    /// From `RETURNING id, status, next_attempt_at`.
-    fn from_row(kind: MessageKind, row: &tokio_postgres::Row) -> Result<Self, StoreError> {
-        Ok(Self {
-            kind,
-            id: row.try_get(0)?,
-            status: row.try_get(1)?,
-            next_attempt_at: row.try_get(2)?,
-        })
-    }
-
-    /// `(kind, id, due time in Unix ms)` when this is a scheduled retry.
-    pub fn retry_due(&self) -> Option<(MessageKind, i64, i64)> {
-        (self.status == "queued")
-            .then_some(self.next_attempt_at)
-            .flatten()
-            .map(|at| (self.kind, self.id, at.timestamp_millis()))
-    }
+/// `Settled` from `RETURNING id, status, next_attempt_at`.
+fn settled_from_row(kind: MessageKind, row: &tokio_postgres::Row) -> Result<Settled, StoreError> {
+    Ok(Settled {
+        kind,
+        id: row.try_get(0)?,
+        status: row.try_get(1)?,
+        next_attempt_at: row.try_get(2)?,
+    })
 }
 
 /// Runs one statement per message inside one transaction, with `BEGIN`,
@@ -156,7 +91,7 @@ fn build_claim_sql(kind: MessageKind) -> String {
          SELECT * FROM m",
         t = table(kind),
         k = kind.as_str(),
-        content = Content::columns(kind),
+        content = content_columns(kind),
     )
 }
 
@@ -236,7 +171,7 @@ pub async fn claim(
     for ((kind, _), row) in jobs.iter().zip(&rows) {
         let Some(row) = row else { continue };
         let retry_count: i32 = row.try_get(2)?;
-        let content = Content::from_row(*kind, row, 3)?;
+        let content = content_from_row(*kind, row, 3)?;
         claimed.push(MailJob {
             kind: *kind,
             id: row.try_get(0)?,
@@ -358,7 +293,7 @@ pub async fn finish_batch(
         .map(|((job, _), row)| match row {
             // The lease was lost meanwhile: newer state stands.
             None => Ok(None),
-            Some(row) => Settled::from_row(job.kind, row).map(Some),
+            Some(row) => settled_from_row(job.kind, row).map(Some),
         })
         .collect()
 }
@@ -405,7 +340,7 @@ pub async fn reclaim_expired(
             .await?;
         let mut ids = Vec::with_capacity(rows.len());
         for row in &rows {
-            let s = Settled::from_row(kind, row)?;
+            let s = settled_from_row(kind, row)?;
             ids.push(s.id);
             settled.push(s);
         }

@@ -24,10 +24,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
+use crate::domain::delivery::Content;
 use crate::domain::{
     Fingerprint, IdempotencyKey, MessageKind, NewContact, NewMessage, NewNotification, Status,
 };
@@ -545,62 +546,43 @@ fn columns(kind: MessageKind) -> String {
     format!(
         "id, uuid, status, retry_count, error_message, next_attempt_at, sent_at,
          created_at, updated_at, {}",
-        Content::columns(kind)
+        content_columns(kind)
     )
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(untagged)]
-pub enum Content {
-    Contact {
-        name: String,
-        email: String,
-        message: String,
-    },
-    Notify {
-        to: String,
-        subject: String,
-        body: String,
-        html: Option<String>,
-        metadata: Option<Map<String, Value>>,
-    },
+/// A kind's content columns, in the order [`content_from_row`] reads
+/// them.
+pub(crate) fn content_columns(kind: MessageKind) -> &'static str {
+    match kind {
+        MessageKind::Contact => "name, email, message",
+        MessageKind::Notify => "recipient, subject, body, html, metadata",
+    }
 }
 
-impl Content {
-    /// A kind's content columns, in the order [`Content::from_row`] reads
-    /// them.
-    pub(crate) fn columns(kind: MessageKind) -> &'static str {
-        match kind {
-            MessageKind::Contact => "name, email, message",
-            MessageKind::Notify => "recipient, subject, body, html, metadata",
-        }
-    }
-
-    /// A kind's content, read from [`Content::columns`] starting at column
-    /// `first`.
-    pub(crate) fn from_row(
-        kind: MessageKind,
-        row: &tokio_postgres::Row,
-        first: usize,
-    ) -> Result<Self, StoreError> {
-        Ok(match kind {
-            MessageKind::Contact => Content::Contact {
-                name: row.try_get(first)?,
-                email: row.try_get(first + 1)?,
-                message: row.try_get(first + 2)?,
+/// A kind's content, read from [`content_columns`] starting at column
+/// `first`.
+pub(crate) fn content_from_row(
+    kind: MessageKind,
+    row: &tokio_postgres::Row,
+    first: usize,
+) -> Result<Content, StoreError> {
+    Ok(match kind {
+        MessageKind::Contact => Content::Contact {
+            name: row.try_get(first)?,
+            email: row.try_get(first + 1)?,
+            message: row.try_get(first + 2)?,
+        },
+        MessageKind::Notify => Content::Notify {
+            to: row.try_get(first)?,
+            subject: row.try_get(first + 1)?,
+            body: row.try_get(first + 2)?,
+            html: row.try_get(first + 3)?,
+            metadata: match row.try_get::<_, Option<Value>>(first + 4)? {
+                Some(Value::Object(m)) => Some(m),
+                _ => None,
             },
-            MessageKind::Notify => Content::Notify {
-                to: row.try_get(first)?,
-                subject: row.try_get(first + 1)?,
-                body: row.try_get(first + 2)?,
-                html: row.try_get(first + 3)?,
-                metadata: match row.try_get::<_, Option<Value>>(first + 4)? {
-                    Some(Value::Object(m)) => Some(m),
-                    _ => None,
-                },
-            },
-        })
-    }
+        },
+    })
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -635,7 +617,7 @@ pub struct MessageView {
 
 impl MessageView {
     fn from_row(kind: MessageKind, row: &tokio_postgres::Row) -> Result<Self, StoreError> {
-        let content = Content::from_row(kind, row, 9)?;
+        let content = content_from_row(kind, row, 9)?;
         Ok(Self {
             id: row.try_get(0)?,
             uuid: row.try_get(1)?,

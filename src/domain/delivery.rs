@@ -1,0 +1,95 @@
+//! The delivery domain: a message claimed for one attempt ([`MailJob`]), what
+//! it carries ([`Content`]), what an attempt produced ([`AttemptResult`]) and
+//! where the message stands once that is recorded ([`Settled`]). Plain data,
+//! shared by the store that writes it, the mail builder and the actors that
+//! move it; none of it knows about SQL or Redis.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::MessageKind;
+
+/// What a message says, as it was accepted.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Content {
+    Contact {
+        name: String,
+        email: String,
+        message: String,
+    },
+    Notify {
+        to: String,
+        subject: String,
+        body: String,
+        html: Option<String>,
+        metadata: Option<Map<String, Value>>,
+    },
+}
+
+/// One message claimed for one attempt.
+#[derive(Debug, Clone)]
+pub struct MailJob {
+    pub kind: MessageKind,
+    pub id: i64,
+    pub uuid: Uuid,
+    /// Retries already done before this attempt.
+    pub retry_count: i32,
+    /// 1-based attempt number.
+    pub attempt: i32,
+    pub lease_token: Uuid,
+    pub content: Content,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Sent,
+    /// Worth retrying: SMTP 4xx, network errors, timeouts, TLS.
+    Transient,
+    /// Never worth retrying: SMTP 5xx, an envelope the server refuses.
+    Permanent,
+    /// The mailer crashed during the attempt, or its process died.
+    Crash,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Transient => "transient",
+            Self::Permanent => "permanent",
+            Self::Crash => "crash",
+        }
+    }
+}
+
+/// What one attempt produced.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub outcome: Outcome,
+    pub smtp_code: Option<i32>,
+    pub smtp_reply: Option<String>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+}
+
+/// Where a message stands after an attempt was recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settled {
+    pub kind: MessageKind,
+    pub id: i64,
+    pub status: String,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+impl Settled {
+    /// `(kind, id, due time in Unix ms)` when this is a scheduled retry.
+    pub fn retry_due(&self) -> Option<(MessageKind, i64, i64)> {
+        (self.status == "queued")
+            .then_some(self.next_attempt_at)
+            .flatten()
+            .map(|at| (self.kind, self.id, at.timestamp_millis()))
+    }
+}
