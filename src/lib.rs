@@ -35,9 +35,12 @@ use std::time::Duration;
 use ractor::Actor;
 use tokio::net::TcpListener;
 
-use actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
+use actors::protocol::SupervisorMsg;
+use actors::registry::Registry;
+use actors::supervisor::{SpawnIngress, Supervisor, SupervisorArgs};
 use config::Config;
 use http::AppContext;
+use metrics::Metrics;
 
 /// Connections in the PostgreSQL pool for requests (accepts, reads).
 pub const DB_POOL_SIZE: u32 = 16;
@@ -84,10 +87,27 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, backend = ?config.email_backend, "email-service listening");
     }
-    let ctx = Arc::new(AppContext::new(Arc::new(config)));
+    let config = Arc::new(config);
+    let registry = Arc::new(Registry::default());
+    let metrics = Arc::new(Metrics::new());
+    let ctx = Arc::new(AppContext::new(
+        config.clone(),
+        registry.clone(),
+        metrics.clone(),
+    ));
+    let listener = Arc::new(listener);
+    let spawn_ingress: SpawnIngress = Box::new(move |supervisor| {
+        Box::pin(http::ingress::spawn(
+            listener.clone(),
+            ctx.clone(),
+            supervisor,
+        ))
+    });
     let args = SupervisorArgs {
-        listener,
-        ctx,
+        spawn_ingress,
+        config,
+        metrics,
+        registry,
         pool,
         bookkeeping,
         pg_config,

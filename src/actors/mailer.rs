@@ -16,27 +16,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde::Serialize;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::dispatcher::{DispatcherMsg, log_attempt};
+use super::protocol::{DispatcherMsg, MailerMsg, MailerReport, log_attempt};
+use super::registry::Registry;
 use crate::config::Config;
 use crate::domain::delivery::{AttemptResult, MailJob, Outcome};
-use crate::http::Peers;
 use crate::mail::{self, Backend};
 use crate::smtp;
 use crate::util::AbortOnDrop;
 
 pub struct Mailer;
-
-pub enum MailerMsg {
-    Deliver(Box<MailJob>),
-    Report(RpcReplyPort<MailerReport>),
-    /// From the send task, with the SMTP session back for the next send.
-    SendDone(Box<MailJob>, Box<AttemptResult>, Box<smtp::Session>),
-    /// The send task panicked: this mailer must fail.
-    SendPanicked(String),
-}
 
 /// Per-slot counters, kept across restarts of the mailer in that slot.
 #[derive(Debug, Default)]
@@ -50,7 +40,7 @@ pub struct MailerArgs {
     pub index: usize,
     pub backend: Backend,
     pub config: Arc<Config>,
-    pub peers: Arc<Peers>,
+    pub registry: Arc<Registry>,
     pub stats: Arc<MailerStats>,
 }
 
@@ -58,7 +48,7 @@ pub struct MailerState {
     index: usize,
     backend: Backend,
     config: Arc<Config>,
-    peers: Arc<Peers>,
+    registry: Arc<Registry>,
     stats: Arc<MailerStats>,
     sending: Option<(uuid::Uuid, Instant)>,
     /// Jobs handed over while a send was running. The dispatcher gives one
@@ -68,15 +58,6 @@ pub struct MailerState {
     /// This mailer's SMTP connection; lent to the send task while it runs.
     session: Option<smtp::Session>,
     _task: Option<AbortOnDrop>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct MailerReport {
-    pub state: &'static str,
-    pub sending: Option<uuid::Uuid>,
-    pub sent: u64,
-    pub failed: u64,
-    pub restarts: u64,
 }
 
 impl Actor for Mailer {
@@ -93,7 +74,7 @@ impl Actor for Mailer {
             index: args.index,
             backend: args.backend,
             config: args.config,
-            peers: args.peers,
+            registry: args.registry,
             stats: args.stats,
             sending: None,
             queued: VecDeque::new(),
@@ -129,7 +110,7 @@ impl Actor for Mailer {
                 counter.fetch_add(1, Ordering::Relaxed);
                 log_attempt(&job, &result);
                 let uuid = job.uuid;
-                let reported = state.peers.dispatcher().is_some_and(|d| {
+                let reported = state.registry.dispatcher().is_some_and(|d| {
                     d.cast(DispatcherMsg::JobFinished {
                         mailer: state.index,
                         job,

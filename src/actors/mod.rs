@@ -1,17 +1,27 @@
-//! The actor tree. Each file holds one actor in the same shape: the actor
-//! type, its `Msg` enum (queries carry an `RpcReplyPort`), its `Args` and its
-//! `State`. Every actor answers a `Report` query with what it knows of itself.
+//! The actor tree. Each actor has the same shape: the actor type, its
+//! `Args` and its `State`, and a `Msg` enum (queries carry an
+//! `RpcReplyPort`). Every actor answers a `Report` query with what it knows
+//! of itself.
+//!
+//! The messages the actors exchange live in [`protocol`], and where each
+//! actor currently lives in [`registry`], kept by the supervisor: actors
+//! reach each other, and the HTTP layer reaches them, only through those
+//! two, so no actor imports another's file (persistence, which talks to no
+//! actor, keeps its message type beside it). The `HttpIngress` actor
+//! belongs to the HTTP layer (`http::ingress`); the supervisor starts it
+//! through a function handed over at start.
 //!
 //! ```text
 //! Supervisor
 //! ├── Persistence   (PostgreSQL, the source of truth)
 //! ├── Dispatcher    (Redis stream + retry schedule; hands jobs to mailers)
 //! ├── Mailer × N    (one send at a time each)
-//! └── HttpIngress   (accept loop, one task per connection)
+//! └── HttpIngress   (accept loop, one task per connection; in http/)
 //! ```
 
 pub mod dispatcher;
-pub mod ingress;
 pub mod mailer;
 pub mod persistence;
+pub mod protocol;
+pub mod registry;
 pub mod supervisor;

@@ -1,7 +1,8 @@
 //! The `Supervisor`: root of the actor tree.
 //!
 //! It spawns and links every child, keeps what is needed to rebuild each one
-//! (the listener, the pool, the shared context), and overrides
+//! (the pools, the queue, the mail backend, a way to start the HTTP
+//! ingress), and overrides
 //! `handle_supervisor_evt` so that a child that fails or stops on its own is
 //! restarted after a short backoff instead of taking the tree down (ractor's
 //! default). Restarts are counted per child and reported to `/healthz`.
@@ -16,53 +17,37 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use serde::Serialize;
-use tokio::net::TcpListener;
+use futures_util::future::BoxFuture;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 
-use super::dispatcher::{Dispatcher, DispatcherArgs, DispatcherMsg};
-use super::ingress::{HttpIngress, IngressArgs, IngressMsg};
-use super::mailer::{Mailer, MailerArgs, MailerMsg, MailerStats};
+use super::dispatcher::{Dispatcher, DispatcherArgs};
+use super::mailer::{Mailer, MailerArgs, MailerStats};
 use super::persistence::{Persistence, PersistenceArgs, PersistenceMsg};
-use crate::http::AppContext;
+use super::protocol::{
+    Child, ChildHealth, DispatcherMsg, IngressMsg, MailerMsg, SupervisorMsg, SupervisorReport,
+};
+use super::registry::Registry;
+use crate::config::Config;
 use crate::mail::Backend;
-use crate::metrics::ChildLabels;
+use crate::metrics::{ChildLabels, Metrics};
 use crate::queue::Queue;
 use crate::store::Pool;
 
 pub struct Supervisor;
 
-/// The children, by role. Each role has at most one live actor at a time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Child {
-    Persistence,
-    Dispatcher,
-    Mailer(usize),
-    HttpIngress,
-}
-
-impl Child {
-    pub fn name(self) -> String {
-        match self {
-            Self::Persistence => "persistence".into(),
-            Self::Dispatcher => "dispatcher".into(),
-            Self::Mailer(i) => format!("mailer-{i}"),
-            Self::HttpIngress => "http_ingress".into(),
-        }
-    }
-}
-
-pub enum SupervisorMsg {
-    Report(RpcReplyPort<SupervisorReport>),
-    /// Drain and stop the children; answers whether the drain finished in time.
-    Shutdown(Duration, RpcReplyPort<bool>),
-    /// A restart whose backoff has elapsed.
-    Respawn(Child),
-}
+/// How the supervisor starts (and restarts) the HTTP ingress. The ingress
+/// lives in the HTTP layer above the actors, so the layer that builds the
+/// service hands the supervisor this instead of the supervisor importing it.
+/// Dropping it lets go of the listener.
+pub type SpawnIngress = Box<
+    dyn Fn(ActorCell) -> BoxFuture<'static, Result<ActorRef<IngressMsg>, SpawnErr>> + Send + Sync,
+>;
 
 pub struct SupervisorArgs {
-    pub listener: TcpListener,
-    pub ctx: Arc<AppContext>,
+    pub spawn_ingress: SpawnIngress,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<Registry>,
     pub pool: Pool,
     pub bookkeeping: Pool,
     pub pg_config: tokio_postgres::Config,
@@ -71,8 +56,10 @@ pub struct SupervisorArgs {
 }
 
 pub struct SupervisorState {
-    listener: Option<Arc<TcpListener>>,
-    ctx: Arc<AppContext>,
+    spawn_ingress: Option<SpawnIngress>,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
     pool: Pool,
     bookkeeping: Pool,
     pg_config: tokio_postgres::Config,
@@ -86,22 +73,6 @@ pub struct SupervisorState {
     mailers: Vec<Option<ActorRef<MailerMsg>>>,
     health: BTreeMap<Child, ChildHealth>,
     shutting_down: bool,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ChildHealth {
-    pub alive: bool,
-    pub restarts: u32,
-    #[serde(skip)]
-    streak: u32,
-    #[serde(skip)]
-    last_failure: Option<Instant>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct SupervisorReport {
-    /// By child name (`persistence`, `dispatcher`, `mailer-0`, …).
-    pub children: BTreeMap<String, ChildHealth>,
 }
 
 /// A failure this long after the previous one starts a new backoff streak.
@@ -132,15 +103,21 @@ impl SupervisorState {
     /// Forgets a child that exited, everywhere it was known.
     fn forget(&mut self, child: Child) {
         match child {
-            Child::HttpIngress => self.ingress = None,
-            Child::Persistence => self.persistence = None,
+            Child::HttpIngress => {
+                self.ingress = None;
+                self.registry.set_ingress(None);
+            }
+            Child::Persistence => {
+                self.persistence = None;
+                self.registry.set_persistence(None);
+            }
             Child::Dispatcher => {
                 self.dispatcher = None;
-                self.ctx.peers.set_dispatcher(None);
+                self.registry.set_dispatcher(None);
             }
             Child::Mailer(i) => {
                 self.mailers[i] = None;
-                self.ctx.peers.set_mailer(i, None);
+                self.registry.set_mailer(i, None);
             }
         }
         if let Some(h) = self.health.get_mut(&child) {
@@ -155,15 +132,11 @@ impl SupervisorState {
     ) -> Result<(), ActorProcessingErr> {
         match child {
             Child::HttpIngress => {
-                let Some(listener) = self.listener.clone() else {
+                let Some(spawn) = &self.spawn_ingress else {
                     return Ok(());
                 };
-                let args = IngressArgs {
-                    listener,
-                    ctx: self.ctx.clone(),
-                };
-                let (actor, _) =
-                    Actor::spawn_linked(None, HttpIngress, args, myself.get_cell()).await?;
+                let actor = spawn(myself.get_cell()).await?;
+                self.registry.set_ingress(Some(actor.clone()));
                 self.ingress = Some(actor);
             }
             Child::Persistence => {
@@ -172,36 +145,36 @@ impl SupervisorState {
                     bookkeeping: self.bookkeeping.clone(),
                     pg_config: self.pg_config.clone(),
                     schema_ready: self.schema_ready.clone(),
-                    retry: self.ctx.config.retry.clone(),
+                    retry: self.config.retry.clone(),
                 };
                 let (actor, _) =
                     Actor::spawn_linked(None, Persistence, args, myself.get_cell()).await?;
-                self.ctx.peers.set_persistence(actor.clone());
+                self.registry.set_persistence(Some(actor.clone()));
                 self.persistence = Some(actor);
             }
             Child::Dispatcher => {
                 let args = DispatcherArgs {
-                    metrics: self.ctx.metrics.clone(),
-                    config: self.ctx.config.clone(),
-                    peers: self.ctx.peers.clone(),
+                    metrics: self.metrics.clone(),
+                    config: self.config.clone(),
+                    registry: self.registry.clone(),
                     queue: self.queue.clone(),
                     mailers: self.mailers.len(),
                 };
                 let (actor, _) =
                     Actor::spawn_linked(None, Dispatcher, args, myself.get_cell()).await?;
-                self.ctx.peers.set_dispatcher(Some(actor.clone()));
+                self.registry.set_dispatcher(Some(actor.clone()));
                 self.dispatcher = Some(actor);
             }
             Child::Mailer(i) => {
                 let args = MailerArgs {
                     index: i,
                     backend: self.backend.clone(),
-                    config: self.ctx.config.clone(),
-                    peers: self.ctx.peers.clone(),
+                    config: self.config.clone(),
+                    registry: self.registry.clone(),
                     stats: self.mailer_stats[i].clone(),
                 };
                 let (actor, _) = Actor::spawn_linked(None, Mailer, args, myself.get_cell()).await?;
-                self.ctx.peers.set_mailer(i, Some(actor.clone()));
+                self.registry.set_mailer(i, Some(actor.clone()));
                 self.mailers[i] = Some(actor);
                 if let Some(d) = &self.dispatcher {
                     let _ = d.cast(DispatcherMsg::MailerUp(i));
@@ -223,11 +196,13 @@ impl Actor for Supervisor {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        args.ctx.peers.set_supervisor(myself.clone());
-        let workers = args.ctx.config.mailer_workers;
+        args.registry.set_supervisor(myself.clone());
+        let workers = args.config.mailer_workers;
         let mut state = SupervisorState {
-            listener: Some(Arc::new(args.listener)),
-            ctx: args.ctx,
+            spawn_ingress: Some(args.spawn_ingress),
+            config: args.config,
+            metrics: args.metrics,
+            registry: args.registry,
             pool: args.pool,
             bookkeeping: args.bookkeeping,
             pg_config: args.pg_config,
@@ -295,7 +270,7 @@ impl Actor for Supervisor {
                 // Closing our handle on the listener (the accept loop drops
                 // its own when it stops) makes the kernel refuse new
                 // connections.
-                state.listener = None;
+                state.spawn_ingress = None;
                 let mut drained = true;
                 let started = Instant::now();
                 let left = || deadline.saturating_sub(started.elapsed());
@@ -383,7 +358,6 @@ fn schedule_restart(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorStat
     h.restarts += 1;
     h.last_failure = Some(now);
     state
-        .ctx
         .metrics
         .actor_restarts
         .get_or_create(&ChildLabels {

@@ -13,10 +13,8 @@ use serde_json::Value;
 
 use super::error::json;
 use super::{AppContext, HttpResponse};
-use crate::actors::dispatcher::DispatcherMsg;
-use crate::actors::mailer::MailerMsg;
 use crate::actors::persistence::PersistenceMsg;
-use crate::actors::supervisor::SupervisorMsg;
+use crate::actors::protocol::{DispatcherMsg, IngressMsg, MailerMsg, SupervisorMsg};
 
 /// Per-actor budget inside `/healthz`; the queries run in parallel.
 const HEALTH_CALL_TIMEOUT_MS: u64 = 1500;
@@ -40,10 +38,10 @@ fn check<T, E: std::fmt::Display>(r: Result<T, E>) -> String {
 }
 
 pub async fn healthz(ctx: &AppContext) -> HttpResponse {
-    let persistence = ctx.peers.persistence().ok();
-    let supervisor = ctx.peers.supervisor();
-    let dispatcher = ctx.peers.dispatcher();
-    let mailers = ctx.peers.mailers();
+    let persistence = ctx.registry.persistence();
+    let supervisor = ctx.registry.supervisor();
+    let dispatcher = ctx.registry.dispatcher();
+    let mailers = ctx.registry.mailers();
 
     let database = async {
         let Some(p) = &persistence else {
@@ -74,6 +72,11 @@ pub async fn healthz(ctx: &AppContext) -> HttpResponse {
             Err(e) => Err(e.to_string()),
         }
     };
+    let ingress = ctx.registry.ingress();
+    let ingress_report = async {
+        let i = ingress.as_ref()?;
+        call_t!(i, IngressMsg::Report, HEALTH_CALL_TIMEOUT_MS).ok()
+    };
     let dispatcher_report = async {
         let d = dispatcher.as_ref()?;
         call_t!(d, DispatcherMsg::Report, HEALTH_CALL_TIMEOUT_MS).ok()
@@ -96,12 +99,21 @@ pub async fn healthz(ctx: &AppContext) -> HttpResponse {
         }
         reports
     };
-    let (database, redis, persistence_report, supervisor_report, dispatcher_report, mailer_reports) = tokio::join!(
+    let (
         database,
         redis,
         persistence_report,
         supervisor_report,
         dispatcher_report,
+        ingress_report,
+        mailer_reports,
+    ) = tokio::join!(
+        database,
+        redis,
+        persistence_report,
+        supervisor_report,
+        dispatcher_report,
+        ingress_report,
         mailer_reports
     );
 
@@ -143,6 +155,10 @@ pub async fn healthz(ctx: &AppContext) -> HttpResponse {
         to_value(dispatcher_report.and_then(|r| serde_json::to_value(r).ok())),
     );
     actors.insert(
+        "http_ingress",
+        to_value(ingress_report.and_then(|r| serde_json::to_value(r).ok())),
+    );
+    actors.insert(
         "mailers",
         Value::Array(
             mailer_reports
@@ -169,8 +185,8 @@ pub async fn healthz(ctx: &AppContext) -> HttpResponse {
 /// Prometheus text. Gauges that mirror actor state are refreshed first, by
 /// asking the actors (each with a timeout, concurrently).
 pub async fn metrics(ctx: &AppContext) -> HttpResponse {
-    let persistence = ctx.peers.persistence().ok();
-    let dispatcher = ctx.peers.dispatcher();
+    let persistence = ctx.registry.persistence();
+    let dispatcher = ctx.registry.dispatcher();
     let pool = async {
         let p = persistence.as_ref()?;
         call_t!(p, PersistenceMsg::Report, HEALTH_CALL_TIMEOUT_MS).ok()

@@ -15,8 +15,8 @@ use serde_json::Value;
 
 use super::error::{json, json_response};
 use super::{ACTOR_CALL_TIMEOUT_MS, ApiError, AppContext, HttpResponse, MAX_BODY_BYTES};
-use crate::actors::dispatcher::DispatcherMsg;
 use crate::actors::persistence::PersistenceMsg;
+use crate::actors::protocol::DispatcherMsg;
 use crate::domain::{FieldErrors, IdempotencyKey, MessageKind, NewMessage, Status};
 use crate::store::{AcceptOutcome, AcceptRequest, ListQuery, MessageRef, MessageView, StoreError};
 
@@ -62,7 +62,7 @@ pub async fn accept(
         key,
         key_ttl: ctx.config.idempotency_ttl,
     };
-    let persistence = ctx.peers.persistence()?;
+    let persistence = ctx.persistence()?;
     let outcome = call_t!(
         persistence,
         PersistenceMsg::Accept,
@@ -80,7 +80,7 @@ pub async fn accept(
             // Wake a mailer now. If this is lost (Redis down, dispatcher
             // restarting) the message is still committed as due, and the
             // reconciler re-feeds it from PostgreSQL.
-            if let Some(d) = ctx.peers.dispatcher() {
+            if let Some(d) = ctx.registry.dispatcher() {
                 let _ = d.cast(DispatcherMsg::Enqueue(kind, id));
             }
             json_response(code(status), body)
@@ -203,7 +203,7 @@ pub async fn list(
         })?),
     };
 
-    let persistence = ctx.peers.persistence()?;
+    let persistence = ctx.persistence()?;
     let query = ListQuery {
         kind,
         status,
@@ -236,7 +236,7 @@ pub async fn detail(
     raw_id: &str,
 ) -> Result<HttpResponse, ApiError> {
     let at = MessageRef::parse(raw_id).ok_or(ApiError::NotFound("Not found."))?;
-    let persistence = ctx.peers.persistence()?;
+    let persistence = ctx.persistence()?;
     match call_t!(
         persistence,
         PersistenceMsg::Get,

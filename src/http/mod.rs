@@ -1,6 +1,6 @@
 //! The HTTP surface on raw hyper: routing, body reading, error bodies and the
 //! per-request log line. Handlers never touch PostgreSQL or Redis themselves;
-//! they ask the actors through [`Peers`].
+//! they ask the actors, found through the actors' [`Registry`].
 //!
 //! Every path answers with and without its trailing slash. Every answer is
 //! JSON, carries `X-Request-Id` (the client's, when it sent a sane one), and
@@ -9,13 +9,14 @@
 mod auth;
 mod error;
 mod health;
+pub mod ingress;
 mod messages;
 pub mod ratelimit;
 pub mod server;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::body::Incoming;
@@ -25,10 +26,8 @@ use ractor::ActorRef;
 
 pub use error::{ApiError, HttpResponse};
 
-use crate::actors::dispatcher::DispatcherMsg;
-use crate::actors::mailer::MailerMsg;
 use crate::actors::persistence::PersistenceMsg;
-use crate::actors::supervisor::SupervisorMsg;
+use crate::actors::registry::Registry;
 use crate::config::Config;
 use crate::domain::MessageKind;
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
@@ -41,81 +40,30 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// bounds its own work below this, so this only fires if an actor is stuck.
 pub const ACTOR_CALL_TIMEOUT_MS: u64 = 3000;
 
-/// The current address of each actor. The supervisor replaces an entry when it
-/// restarts that actor, so handlers always reach the live instance.
-#[derive(Default)]
-pub struct Peers {
-    persistence: RwLock<Option<ActorRef<PersistenceMsg>>>,
-    supervisor: RwLock<Option<ActorRef<SupervisorMsg>>>,
-    dispatcher: RwLock<Option<ActorRef<DispatcherMsg>>>,
-    mailers: RwLock<Vec<Option<ActorRef<MailerMsg>>>>,
-}
-
-/// Reads a lock that a panicking writer may have poisoned: the data (an
-/// actor address) is always whole, so poisoning carries no meaning here.
-fn read<T: Clone>(lock: &RwLock<T>) -> T {
-    lock.read().unwrap_or_else(|e| e.into_inner()).clone()
-}
-
-impl Peers {
-    pub fn set_dispatcher(&self, actor: Option<ActorRef<DispatcherMsg>>) {
-        *self.dispatcher.write().unwrap_or_else(|e| e.into_inner()) = actor;
-    }
-
-    pub fn dispatcher(&self) -> Option<ActorRef<DispatcherMsg>> {
-        read(&self.dispatcher)
-    }
-
-    pub fn set_mailer(&self, index: usize, actor: Option<ActorRef<MailerMsg>>) {
-        let mut mailers = self.mailers.write().unwrap_or_else(|e| e.into_inner());
-        if mailers.len() <= index {
-            mailers.resize(index + 1, None);
-        }
-        mailers[index] = actor;
-    }
-
-    pub fn mailer(&self, index: usize) -> Option<ActorRef<MailerMsg>> {
-        read(&self.mailers).get(index).cloned().flatten()
-    }
-
-    pub fn mailers(&self) -> Vec<Option<ActorRef<MailerMsg>>> {
-        read(&self.mailers)
-    }
-
-    pub fn set_persistence(&self, actor: ActorRef<PersistenceMsg>) {
-        *self.persistence.write().unwrap_or_else(|e| e.into_inner()) = Some(actor);
-    }
-
-    pub fn set_supervisor(&self, actor: ActorRef<SupervisorMsg>) {
-        *self.supervisor.write().unwrap_or_else(|e| e.into_inner()) = Some(actor);
-    }
-
-    pub fn persistence(&self) -> Result<ActorRef<PersistenceMsg>, ApiError> {
-        read(&self.persistence)
-            .ok_or_else(|| ApiError::Unavailable("persistence is restarting".into()))
-    }
-
-    pub fn supervisor(&self) -> Option<ActorRef<SupervisorMsg>> {
-        read(&self.supervisor)
-    }
-}
-
 /// What every request handler can see.
 pub struct AppContext {
     pub config: Arc<Config>,
-    pub peers: Arc<Peers>,
+    /// Where the actors are; the only way in from here.
+    pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub contact_limiter: RateLimiter,
 }
 
 impl AppContext {
-    pub fn new(config: Arc<Config>) -> Self {
+    pub fn new(config: Arc<Config>, registry: Arc<Registry>, metrics: Arc<Metrics>) -> Self {
         Self {
             contact_limiter: RateLimiter::new(config.contact_rate_limit),
             config,
-            peers: Arc::new(Peers::default()),
-            metrics: Arc::new(Metrics::new()),
+            registry,
+            metrics,
         }
+    }
+
+    /// The persistence actor, or the `503` a request gets while it restarts.
+    pub fn persistence(&self) -> Result<ActorRef<PersistenceMsg>, ApiError> {
+        self.registry
+            .persistence()
+            .ok_or_else(|| ApiError::Unavailable("persistence is restarting".into()))
     }
 }
 

@@ -5,27 +5,22 @@
 //! same listener: connections already open keep being served by their own
 //! tasks. The actor answers a state query (open connections) and a drain
 //! request used by the shutdown sequence.
+//!
+//! It is the one actor of the HTTP layer: the supervisor starts it through
+//! [`spawn`], handed over by `lib.rs`, and never imports this module.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde::Serialize;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::http::AppContext;
-use crate::http::server::{self, DrainRequest, MAX_CONNECTIONS};
+use super::AppContext;
+use super::server::{self, DrainRequest, MAX_CONNECTIONS};
+use crate::actors::protocol::{IngressMsg, IngressReport};
 use crate::util::AbortOnDrop;
 
 pub struct HttpIngress;
-
-pub enum IngressMsg {
-    Report(RpcReplyPort<IngressReport>),
-    /// Stop accepting and wait (up to the deadline) for open connections to
-    /// finish; answers whether they all did.
-    Drain(Duration, RpcReplyPort<bool>),
-}
 
 pub struct IngressArgs {
     pub listener: Arc<TcpListener>,
@@ -36,12 +31,6 @@ pub struct IngressState {
     connections: Arc<Semaphore>,
     drain: mpsc::Sender<DrainRequest>,
     _accept_loop: AbortOnDrop,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct IngressReport {
-    pub open_connections: usize,
-    pub max_connections: usize,
 }
 
 impl Actor for HttpIngress {
@@ -98,4 +87,15 @@ impl Actor for HttpIngress {
         }
         Ok(())
     }
+}
+
+/// Starts an ingress on `listener`, linked to `supervisor`.
+pub async fn spawn(
+    listener: Arc<TcpListener>,
+    ctx: Arc<AppContext>,
+    supervisor: ActorCell,
+) -> Result<ActorRef<IngressMsg>, SpawnErr> {
+    let args = IngressArgs { listener, ctx };
+    let (actor, _) = Actor::spawn_linked(None, HttpIngress, args, supervisor).await?;
+    Ok(actor)
 }

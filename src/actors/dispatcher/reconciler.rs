@@ -1,0 +1,147 @@
+//! The timer's duties, which bound how late a message can be after any
+//! failure of Redis, a timer or the process.
+//!
+//! Every [`TICK`], due retries are promoted from the Redis schedule to the
+//! stream. Every [`RECONCILE_EVERY`], leases that expired (their holder
+//! died mid-send) are reclaimed as `crash` attempts, and what has been due
+//! in PostgreSQL for longer than [`OVERDUE_GRACE`] is re-fed to the stream
+//! (Redis lost it). Now and then, stream entries left pending by a consumer
+//! that is gone are dropped.
+
+use std::time::{Duration, Instant};
+
+use ractor::ActorRef;
+
+use super::event::Event;
+use super::{DispatcherState, PERSISTENCE_CALL, report};
+use crate::actors::persistence::PersistenceMsg;
+use crate::actors::protocol::DispatcherMsg;
+use crate::domain::delivery::Settled;
+use crate::queue::Queue;
+use crate::util::AbortOnDrop;
+
+/// How often due retries are promoted.
+pub const TICK: Duration = Duration::from_millis(250);
+/// How often leases and PostgreSQL are reconciled with Redis.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+/// A message due for this long without being claimed is re-fed from
+/// PostgreSQL.
+pub const OVERDUE_GRACE: Duration = Duration::from_secs(5);
+/// Stream entries left pending by a dead consumer are dropped after this.
+const STALE_PENDING: Duration = Duration::from_secs(120);
+/// Most retries promoted, or overdue messages re-fed, per round.
+const ROUND_LIMIT: usize = 1000;
+
+/// The tick, as a task owned by the dispatcher's state: it stops with the
+/// dispatcher.
+pub(super) fn start_timer(myself: &ActorRef<DispatcherMsg>) -> AbortOnDrop {
+    let me = myself.clone();
+    AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if me.cast(DispatcherMsg::Own(Event::Tick)).is_err() {
+                break;
+            }
+        }
+    }))
+}
+
+impl DispatcherState {
+    pub(super) fn tick(&mut self, myself: &ActorRef<DispatcherMsg>) {
+        let reconcile = self.last_reconcile.elapsed() >= RECONCILE_EVERY;
+        if reconcile {
+            self.last_reconcile = Instant::now();
+        }
+        let reap = self.last_reap.elapsed() >= STALE_PENDING / 4;
+        if reap {
+            self.last_reap = Instant::now();
+        }
+        let queue = self.queue.clone();
+        let persistence = self.registry.persistence();
+        let consumer = self.consumer.clone();
+        let metrics = self.metrics.clone();
+        let refeed_below = (self.slots.len() * 2 + 8) as u64;
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            if let Err(e) = queue.promote_due(now_ms, ROUND_LIMIT).await {
+                tracing::debug!(error = %e, "promoting due retries failed");
+            }
+            let mut depth = None;
+            if reconcile {
+                depth = queue.depth().await.ok();
+                if let Some(p) = persistence {
+                    // While the stream still holds more than the work in
+                    // progress, overdue rows are most likely still in it:
+                    // re-feeding them would only add duplicate wake-ups.
+                    let refeed = depth.is_none_or(|(len, _)| len <= refeed_below);
+                    let reclaimed = reconcile_with_postgres(&queue, &p, refeed).await;
+                    metrics.leases_reclaimed.inc_by(reclaimed);
+                }
+            }
+            if reap {
+                match queue.reap_stale(&consumer, STALE_PENDING).await {
+                    Ok(n) if n > 0 => tracing::info!(
+                        count = n,
+                        "dropped stream entries left by a stopped consumer"
+                    ),
+                    _ => {}
+                }
+            }
+            report(&me, Event::TickDone(depth));
+        });
+    }
+}
+
+/// Reclaims expired leases and re-feeds what Redis forgot.
+async fn reconcile_with_postgres(
+    queue: &Queue,
+    persistence: &ActorRef<PersistenceMsg>,
+    refeed: bool,
+) -> u64 {
+    let budget = PERSISTENCE_CALL.as_millis() as u64;
+    let mut reclaimed = 0;
+    match ractor::call_t!(persistence, PersistenceMsg::ReclaimExpired, budget) {
+        Ok(Ok(settled)) if !settled.is_empty() => {
+            reclaimed = settled.len() as u64;
+            tracing::warn!(
+                count = settled.len(),
+                "reclaimed expired leases (a sender died mid-send)"
+            );
+            let retries: Vec<_> = settled.iter().filter_map(Settled::retry_due).collect();
+            if let Err(e) = queue.schedule(&retries).await {
+                tracing::debug!(error = %e, "scheduling reclaimed retries failed");
+            }
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "reclaiming leases failed"),
+        _ => {}
+    }
+    if !refeed {
+        return reclaimed;
+    }
+    match ractor::call_t!(
+        persistence,
+        PersistenceMsg::Overdue,
+        budget,
+        OVERDUE_GRACE,
+        ROUND_LIMIT as i64
+    ) {
+        Ok(Ok(overdue)) if !overdue.is_empty() => {
+            tracing::info!(
+                count = overdue.len(),
+                "re-feeding overdue messages from PostgreSQL"
+            );
+            if let Err(e) = queue.ensure_group().await {
+                tracing::debug!(error = %e, "ensuring the consumer group failed");
+            }
+            if let Err(e) = queue.push(&overdue).await {
+                tracing::debug!(error = %e, "re-feeding overdue messages failed");
+            }
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "reading overdue messages failed"),
+        _ => {}
+    }
+    reclaimed
+}

@@ -1,0 +1,36 @@
+//! Wake-ups for freshly committed messages, batched: while one batch is on
+//! its way to Redis, new ones gather for the next, so a burst of accepts
+//! costs a few pipelined round trips rather than one per message. A push
+//! that fails loses nothing: the message is in PostgreSQL, and the
+//! reconciler re-feeds it.
+
+use ractor::ActorRef;
+
+use super::event::Event;
+use super::{DispatcherState, report};
+use crate::actors::protocol::DispatcherMsg;
+use crate::domain::MessageKind;
+
+impl DispatcherState {
+    pub(super) fn enqueue(&mut self, myself: &ActorRef<DispatcherMsg>, kind: MessageKind, id: i64) {
+        self.to_enqueue.push((kind, id));
+        self.flush(myself);
+    }
+
+    /// Sends the batch of fresh wake-ups, one pipelined round trip.
+    pub(super) fn flush(&mut self, myself: &ActorRef<DispatcherMsg>) {
+        if self.flushing || self.to_enqueue.is_empty() {
+            return;
+        }
+        self.flushing = true;
+        let batch = std::mem::take(&mut self.to_enqueue);
+        let queue = self.queue.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            if let Err(e) = queue.push(&batch).await {
+                tracing::warn!(error = %e, count = batch.len(), "pushing wake-ups to Redis failed; the reconciler will re-feed them");
+            }
+            report(&me, Event::Flushed);
+        });
+    }
+}
