@@ -279,19 +279,9 @@ struct QueryParams(Vec<(String, String)>);
 
 impl QueryParams {
     fn parse(query: &str) -> Self {
-        let decode = |s: &str| {
-            percent_encoding::percent_decode_str(&s.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        };
         Self(
-            query
-                .split('&')
-                .filter(|p| !p.is_empty())
-                .map(|pair| match pair.split_once('=') {
-                    Some((k, v)) => (decode(k), decode(v)),
-                    None => (decode(pair), String::new()),
-                })
+            form_urlencoded::parse(query.as_bytes())
+                .into_owned()
                 .collect(),
         )
     }
@@ -307,22 +297,16 @@ impl QueryParams {
 
     /// This request's URL with `page` replaced (or removed, for page 1).
     fn url_with_page(&self, base: &str, page: Option<u64>) -> String {
-        let enc = |s: &str| {
-            percent_encoding::utf8_percent_encode(s, crate::util::URL_COMPONENT).to_string()
-        };
-        let mut pairs: Vec<String> = self
-            .0
-            .iter()
-            .filter(|(k, _)| k != "page")
-            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-            .collect();
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.extend_pairs(self.0.iter().filter(|(k, _)| k != "page"));
         if let Some(p) = page {
-            pairs.push(format!("page={p}"));
+            query.append_pair("page", &p.to_string());
         }
-        if pairs.is_empty() {
+        let query = query.finish();
+        if query.is_empty() {
             base.to_owned()
         } else {
-            format!("{base}?{}", pairs.join("&"))
+            format!("{base}?{query}")
         }
     }
 }
@@ -344,5 +328,9 @@ mod tests {
             "http://h/api/notify/?status=queued&page_size=5"
         );
         assert_eq!(QueryParams::parse("a=x%20y+z").get("a"), Some("x y z"));
+        assert_eq!(
+            QueryParams::parse("a=x%26y&page=2").url_with_page("http://h/", None),
+            "http://h/?a=x%26y"
+        );
     }
 }

@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request};
 use ractor::ActorRef;
+use tracing::Instrument;
 
 pub use error::{ApiError, HttpResponse};
 
@@ -150,12 +151,20 @@ pub async fn handle(
             .get(hyper::header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0");
 
-    let mut resp = match endpoint {
-        None => ApiError::NotFound("Not found.").into_response(),
-        Some(endpoint) => route_to(endpoint, req, &ctx, peer)
-            .await
-            .unwrap_or_else(ApiError::into_response),
-    };
+    // Every line logged while this request is served (a `503`, a store
+    // error) carries its request id: the JSON format puts span fields at
+    // the top level.
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let mut resp = async {
+        match endpoint {
+            None => ApiError::NotFound("Not found.").into_response(),
+            Some(endpoint) => route_to(endpoint, req, &ctx, peer)
+                .await
+                .unwrap_or_else(ApiError::into_response),
+        }
+    }
+    .instrument(span)
+    .await;
 
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);

@@ -3,7 +3,10 @@
 //! (`pretty`). A panic anywhere becomes one `error` event through the same
 //! subscriber instead of the default multi-line stderr output.
 
+mod json;
+
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::JsonFields;
 
 use crate::config::{Config, LogFormat};
 
@@ -21,10 +24,8 @@ pub fn init(config: &Config) {
         .with_writer(std::io::stdout);
     match config.log_format {
         LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
+            .fmt_fields(JsonFields::new())
+            .event_format(json::FlatJson)
             .init(),
         LogFormat::Pretty => builder.pretty().init(),
     }
