@@ -1,12 +1,16 @@
 //! email-service: accepts mail requests over HTTP, stores each one durably in
 //! PostgreSQL before answering `202`, and delivers it in the background.
 //!
-//! Layout:
-//! - [`config`]: every setting, parsed and validated once.
-//! - [`domain`]: validated request types, built only through `parse`.
-//! - [`store`]: all SQL (called only by the persistence actor).
-//! - [`actors`]: the supervised actor tree (supervisor, ingress, persistence).
-//! - [`http`]: routing, body handling and error bodies on raw hyper.
+//! Layout, from the bottom layer up (a module imports only from below it):
+//! - [`config`], [`domain`], [`metrics`]: every setting, parsed and
+//!   validated once; validated requests (built only through `parse`) and
+//!   the delivery domain; the counters.
+//! - [`store`] (all SQL, called only by the persistence actor), [`queue`]
+//!   (Redis), [`mail`] and [`smtp`] (building and sending mail).
+//! - [`actors`]: the supervised tree (supervisor, persistence, dispatcher,
+//!   mailers), their messages and the registry of their addresses.
+//! - [`http`]: routing, handlers and error bodies on raw hyper, and the
+//!   `HttpIngress` actor that runs the accept loop.
 //! - [`telemetry`]: JSON logs and the panic hook.
 //!
 //! [`run`] builds the whole application on a bound listener and runs it until
