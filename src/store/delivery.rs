@@ -15,7 +15,8 @@ use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{Pool, StoreError, content_columns, content_from_row, table};
+use super::error::StoreError;
+use super::{Pool, content_columns, content_from_row, table};
 use crate::config::RetryPolicy;
 use crate::domain::MessageKind;
 use crate::domain::delivery::{AttemptResult, MailJob, Outcome, Settled};
