@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use tokio_postgres::{Client, NoTls, Statement};
 
-use super::StoreError;
+use super::error::StoreError;
 
 pub type Pool = bb8::Pool<Manager>;
 

@@ -15,7 +15,9 @@ use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{Pool, StoreError, content_columns, content_from_row, table};
+use super::conn::{Pool, checkout};
+use super::error::StoreError;
+use super::read::{content_columns, content_from_row, table};
 use crate::config::RetryPolicy;
 use crate::domain::MessageKind;
 use crate::domain::delivery::{AttemptResult, MailJob, Outcome, Settled};
@@ -136,7 +138,7 @@ pub async fn claim(
     lease_token: Uuid,
     lease: Duration,
 ) -> Result<Vec<MailJob>, StoreError> {
-    let mut conn = super::checkout(pool).await?;
+    let mut conn = checkout(pool).await?;
     let mut statements = Vec::with_capacity(2);
     for kind in [MessageKind::Contact, MessageKind::Notify] {
         // Only the kinds present: preparing touches the table.
@@ -247,7 +249,7 @@ pub async fn finish_batch(
     done: &[(MailJob, AttemptResult)],
     policy: &RetryPolicy,
 ) -> Result<Vec<Option<Settled>>, StoreError> {
-    let mut conn = super::checkout(pool).await?;
+    let mut conn = checkout(pool).await?;
     let mut statements = Vec::with_capacity(2);
     for kind in [MessageKind::Contact, MessageKind::Notify] {
         // Only the kinds present: preparing touches the table.
@@ -306,7 +308,7 @@ pub async fn reclaim_expired(
     policy: &RetryPolicy,
 ) -> Result<Vec<Settled>, StoreError> {
     const ERROR: &str = "lease expired: the process sending this message stopped mid-send";
-    let mut conn = super::checkout(pool).await?;
+    let mut conn = checkout(pool).await?;
     let tx = conn.transaction().await?;
     let mut settled = Vec::new();
     for kind in [MessageKind::Contact, MessageKind::Notify] {
@@ -367,7 +369,7 @@ pub async fn overdue(
     grace: Duration,
     limit: i64,
 ) -> Result<Vec<(MessageKind, i64)>, StoreError> {
-    let conn = super::checkout(pool).await?;
+    let conn = checkout(pool).await?;
     let rows = conn
         .query(
             "(SELECT 'contact', id, next_attempt_at FROM contact_messages

@@ -10,7 +10,7 @@
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls};
 
-use super::StoreError;
+use super::error::StoreError;
 
 /// The migrations, in order. A file once shipped is never edited: add a new one.
 const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "init", include_str!("../../sql/0001_init.sql"))];

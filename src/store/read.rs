@@ -1,0 +1,245 @@
+//! The read side: listing and fetching stored messages as the API shows
+//! them, and the table and column names shared with delivery.
+//!
+//! Reads take no locks and change nothing. A view is read in one statement,
+//! so its fields belong to one committed state of the row; a message's
+//! attempts are read after it, and may include one that started since.
+//! Every query names its columns, so the order [`content_from_row`] expects
+//! is written down in one place, [`content_columns`].
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::conn::{Pool, checkout};
+use super::error::StoreError;
+use crate::domain::delivery::Content;
+use crate::domain::{MessageKind, Status};
+
+pub(crate) fn table(kind: MessageKind) -> &'static str {
+    match kind {
+        MessageKind::Contact => "contact_messages",
+        MessageKind::Notify => "notifications",
+    }
+}
+
+/// The columns of a [`MessageView`], in the order `from_row` reads them.
+fn columns(kind: MessageKind) -> String {
+    format!(
+        "id, uuid, status, retry_count, error_message, next_attempt_at, sent_at,
+         created_at, updated_at, {}",
+        content_columns(kind)
+    )
+}
+
+/// A kind's content columns, in the order [`content_from_row`] reads
+/// them.
+pub(crate) fn content_columns(kind: MessageKind) -> &'static str {
+    match kind {
+        MessageKind::Contact => "name, email, message",
+        MessageKind::Notify => "recipient, subject, body, html, metadata",
+    }
+}
+
+/// A kind's content, read from [`content_columns`] starting at column
+/// `first`.
+pub(crate) fn content_from_row(
+    kind: MessageKind,
+    row: &tokio_postgres::Row,
+    first: usize,
+) -> Result<Content, StoreError> {
+    Ok(match kind {
+        MessageKind::Contact => Content::Contact {
+            name: row.try_get(first)?,
+            email: row.try_get(first + 1)?,
+            message: row.try_get(first + 2)?,
+        },
+        MessageKind::Notify => Content::Notify {
+            to: row.try_get(first)?,
+            subject: row.try_get(first + 1)?,
+            body: row.try_get(first + 2)?,
+            html: row.try_get(first + 3)?,
+            metadata: match row.try_get::<_, Option<Value>>(first + 4)? {
+                Some(Value::Object(m)) => Some(m),
+                _ => None,
+            },
+        },
+    })
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AttemptView {
+    pub number: i32,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+    pub smtp_code: Option<i32>,
+    pub smtp_reply: Option<String>,
+    pub error: Option<String>,
+    pub duration_ms: Option<i64>,
+}
+
+/// A stored message as the API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MessageView {
+    pub id: i64,
+    pub uuid: Uuid,
+    #[serde(flatten)]
+    pub content: Content,
+    pub status: String,
+    pub retry_count: i32,
+    pub error_message: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Vec<AttemptView>>,
+}
+
+impl MessageView {
+    fn from_row(kind: MessageKind, row: &tokio_postgres::Row) -> Result<Self, StoreError> {
+        let content = content_from_row(kind, row, 9)?;
+        Ok(Self {
+            id: row.try_get(0)?,
+            uuid: row.try_get(1)?,
+            status: row.try_get(2)?,
+            retry_count: row.try_get(3)?,
+            error_message: row.try_get(4)?,
+            next_attempt_at: row.try_get(5)?,
+            sent_at: row.try_get(6)?,
+            created_at: row.try_get(7)?,
+            updated_at: row.try_get(8)?,
+            content,
+            attempts: None,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub kind: MessageKind,
+    pub status: Option<Status>,
+    /// 1-based.
+    pub page: u64,
+    pub page_size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub count: i64,
+    pub results: Vec<MessageView>,
+}
+
+pub async fn list(pool: &Pool, q: &ListQuery) -> Result<Page, StoreError> {
+    let conn = checkout(pool).await?;
+    let status = q.status.map(Status::as_str);
+    let count: i64 = conn
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {} WHERE ($1::text IS NULL OR status = $1)",
+                table(q.kind)
+            ),
+            &[&status],
+        )
+        .await?
+        .try_get(0)?;
+    let offset = ((q.page - 1) * q.page_size) as i64;
+    let rows = conn
+        .query(
+            &format!(
+                "SELECT {} FROM {} WHERE ($1::text IS NULL OR status = $1)
+                 ORDER BY id DESC LIMIT $2 OFFSET $3",
+                columns(q.kind),
+                table(q.kind)
+            ),
+            &[&status, &(q.page_size as i64), &offset],
+        )
+        .await?;
+    let results = rows
+        .iter()
+        .map(|r| MessageView::from_row(q.kind, r))
+        .collect::<Result<_, _>>()?;
+    conn.release();
+    Ok(Page { count, results })
+}
+
+/// How a client names one message: its number or its uuid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageRef {
+    Id(i64),
+    Uuid(Uuid),
+}
+
+impl MessageRef {
+    pub fn parse(raw: &str) -> Option<Self> {
+        if let Ok(id) = raw.parse::<i64>() {
+            return (id > 0).then_some(Self::Id(id));
+        }
+        Uuid::parse_str(raw).ok().map(Self::Uuid)
+    }
+}
+
+pub async fn get(
+    pool: &Pool,
+    kind: MessageKind,
+    at: MessageRef,
+) -> Result<Option<MessageView>, StoreError> {
+    let conn = checkout(pool).await?;
+    let row = match at {
+        MessageRef::Id(id) => {
+            conn.query_opt(
+                &format!(
+                    "SELECT {} FROM {} WHERE id = $1",
+                    columns(kind),
+                    table(kind)
+                ),
+                &[&id],
+            )
+            .await?
+        }
+        MessageRef::Uuid(uuid) => {
+            conn.query_opt(
+                &format!(
+                    "SELECT {} FROM {} WHERE uuid = $1",
+                    columns(kind),
+                    table(kind)
+                ),
+                &[&uuid],
+            )
+            .await?
+        }
+    };
+    let Some(row) = row else {
+        conn.release();
+        return Ok(None);
+    };
+    let mut view = MessageView::from_row(kind, &row)?;
+    let attempts = conn
+        .query(
+            "SELECT number, started_at, finished_at, outcome, smtp_code, smtp_reply, error, duration_ms
+             FROM delivery_attempts WHERE kind = $1 AND message_id = $2 ORDER BY number",
+            &[&kind.as_str(), &view.id],
+        )
+        .await?;
+    view.attempts = Some(
+        attempts
+            .iter()
+            .map(|r| {
+                Ok(AttemptView {
+                    number: r.try_get(0)?,
+                    started_at: r.try_get(1)?,
+                    finished_at: r.try_get(2)?,
+                    outcome: r.try_get(3)?,
+                    smtp_code: r.try_get(4)?,
+                    smtp_reply: r.try_get(5)?,
+                    error: r.try_get(6)?,
+                    duration_ms: r.try_get(7)?,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?,
+    );
+    conn.release();
+    Ok(Some(view))
+}
