@@ -43,6 +43,30 @@ end
 return #due
 "#;
 
+/// How long the oldest entry not yet handed to any consumer has waited, in
+/// milliseconds on Redis's clock; 0 when every entry has been handed out
+/// (or there is no stream or group).
+const BACKLOG_AGE: &str = r#"
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if not ok then return 0 end
+local last = nil
+for _, g in ipairs(groups) do
+  local name, id = nil, nil
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] end
+    if g[i] == 'last-delivered-id' then id = g[i + 1] end
+  end
+  if name == ARGV[1] then last = id end
+end
+if last == nil then return 0 end
+local next = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)
+if #next == 0 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local pushed = tonumber(string.match(next[1][1], '^(%d+)'))
+return math.max(0, now - pushed)
+"#;
+
 /// One stream entry: a wake-up for one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -72,6 +96,7 @@ pub struct Queue {
     ready_key: String,
     retries_key: String,
     script: redis::Script,
+    backlog_age: redis::Script,
 }
 
 pub const READ_BLOCK: Duration = Duration::from_millis(1000);
@@ -102,6 +127,7 @@ impl Queue {
             ready_key: format!("{prefix}:ready"),
             retries_key: format!("{prefix}:retries"),
             script: redis::Script::new(PROMOTE_DUE),
+            backlog_age: redis::Script::new(BACKLOG_AGE),
         })
     }
 
@@ -243,6 +269,19 @@ impl Queue {
             .arg(&self.retries_key)
             .query_async(&mut c)
             .await
+    }
+
+    /// How long the oldest wake-up that no consumer has read yet has been
+    /// waiting: the delay a backlog adds to every message behind it.
+    pub async fn backlog_age(&self) -> redis::RedisResult<Duration> {
+        let mut c = self.conn.clone();
+        let ms: u64 = self
+            .backlog_age
+            .key(&self.ready_key)
+            .arg(GROUP)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(Duration::from_millis(ms))
     }
 
     /// Drops entries that a dead consumer (a killed process) left pending for

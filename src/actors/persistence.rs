@@ -23,7 +23,7 @@ use tokio::sync::{Semaphore, mpsc};
 use uuid::Uuid;
 
 use crate::config::RetryPolicy;
-use crate::domain::delivery::{AttemptResult, MailJob, Settled};
+use crate::domain::delivery::{AttemptResult, ClaimRef, MailJob, Reclaimed, Settled};
 use crate::domain::{Fingerprint, MessageKind, NewMessage};
 use crate::store::delivery;
 use crate::store::{
@@ -62,7 +62,9 @@ pub enum PersistenceMsg {
         Vec<(MailJob, AttemptResult)>,
         RpcReplyPort<Result<Vec<Option<Settled>>, StoreError>>,
     ),
-    ReclaimExpired(RpcReplyPort<Result<Vec<Settled>, StoreError>>),
+    ReclaimExpired(RpcReplyPort<Result<Vec<Reclaimed>, StoreError>>),
+    /// Claims that were never handed to a sender, back to `queued`.
+    Release(Vec<ClaimRef>, RpcReplyPort<Result<Vec<bool>, StoreError>>),
     Overdue(
         Duration,
         i64,
@@ -208,6 +210,11 @@ impl Actor for Persistence {
                 let retry = state.retry.clone();
                 run(ready, reply, async move {
                     delivery::reclaim_expired(&bookkeeping, &retry).await
+                });
+            }
+            PersistenceMsg::Release(jobs, reply) => {
+                run(ready, reply, async move {
+                    delivery::release(&bookkeeping, &jobs).await
                 });
             }
             PersistenceMsg::Overdue(grace, limit, reply) => {

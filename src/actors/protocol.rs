@@ -79,13 +79,19 @@ pub struct DispatcherReport {
 
 /// The contract's per-attempt log line, written once per attempt by
 /// whoever learns its outcome: the mailer for a send, the dispatcher for a
-/// crash.
+/// crash or a reclaimed lease.
 pub fn log_attempt(job: &MailJob, result: &AttemptResult) {
+    log_attempt_of(job.uuid, job.kind, job.attempt, result);
+}
+
+/// The same line for an attempt known by its parts: a lease the reconciler
+/// took back from a sender that stopped mid-send.
+pub fn log_attempt_of(uuid: uuid::Uuid, kind: MessageKind, attempt: i32, result: &AttemptResult) {
     tracing::info!(
         target: "email_service::delivery",
-        uuid = %job.uuid,
-        kind = job.kind.as_str(),
-        attempt = job.attempt,
+        uuid = %uuid,
+        kind = kind.as_str(),
+        attempt,
         outcome = result.outcome.as_str(),
         duration_ms = result.duration_ms,
         smtp_code = result.smtp_code,

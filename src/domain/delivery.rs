@@ -93,3 +93,47 @@ impl Settled {
             .map(|at| (self.kind, self.id, at.timestamp_millis()))
     }
 }
+
+/// A lease that was taken back from a sender that stopped mid-send: the
+/// message as it stands now, and the attempt that was closed as a `crash`.
+#[derive(Debug, Clone)]
+pub struct Reclaimed {
+    pub settled: Settled,
+    pub uuid: Uuid,
+    /// The number of the attempt that was closed.
+    pub attempt: i32,
+    /// From the claim to the reclaim.
+    pub duration_ms: i64,
+    pub error: &'static str,
+}
+
+impl Reclaimed {
+    /// The closed attempt, as the attempt log line tells it.
+    pub fn result(&self) -> AttemptResult {
+        AttemptResult {
+            outcome: Outcome::Crash,
+            smtp_code: None,
+            smtp_reply: None,
+            error: Some(self.error.to_owned()),
+            duration_ms: self.duration_ms,
+        }
+    }
+}
+
+/// Which claim of which message: what releasing a claim needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimRef {
+    pub kind: MessageKind,
+    pub id: i64,
+    pub lease_token: Uuid,
+}
+
+impl MailJob {
+    pub fn claim_ref(&self) -> ClaimRef {
+        ClaimRef {
+            kind: self.kind,
+            id: self.id,
+            lease_token: self.lease_token,
+        }
+    }
+}

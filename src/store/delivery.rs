@@ -8,8 +8,13 @@
 //! and a lease end; the outcome is written only by the holder of that token,
 //! so a late finish after a reclaim cannot overwrite newer state.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::LazyLock;
+use std::task::Poll;
 use std::time::Duration;
+
+use futures_util::future::{BoxFuture, maybe_done};
 
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
@@ -20,7 +25,7 @@ use super::error::StoreError;
 use super::read::{content_columns, content_from_row, table};
 use crate::config::RetryPolicy;
 use crate::domain::MessageKind;
-use crate::domain::delivery::{AttemptResult, MailJob, Outcome, Settled};
+use crate::domain::delivery::{AttemptResult, ClaimRef, MailJob, Outcome, Reclaimed, Settled};
 
 /// `Settled` from `RETURNING id, status, next_attempt_at`.
 fn settled_from_row(kind: MessageKind, row: &tokio_postgres::Row) -> Result<Settled, StoreError> {
@@ -38,23 +43,59 @@ fn settled_from_row(kind: MessageKind, row: &tokio_postgres::Row) -> Result<Sett
 /// claim or an outcome survives a crash of PostgreSQL too, so a mail
 /// recorded as sent is never sent again. A failed statement aborts the
 /// transaction (PostgreSQL turns the `COMMIT` into a rollback) and the
-/// error is returned; the connection, not released, is then discarded.
-async fn pipelined<T, F>(
-    conn: &Client,
+/// first error is returned; the connection, not released, is then
+/// discarded.
+async fn pipelined<'a, T, F>(
+    conn: &'a Client,
     statements: impl IntoIterator<Item = F>,
 ) -> Result<Vec<T>, StoreError>
 where
-    F: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    T: Send + 'a,
+    F: Future<Output = Result<T, tokio_postgres::Error>> + Send + 'a,
 {
-    // Requests go out in the order the futures are first polled, which is
-    // the order `try_join3` and `try_join_all` poll them in.
-    let (_, results, _) = futures_util::future::try_join3(
-        conn.batch_execute("BEGIN"),
-        futures_util::future::try_join_all(statements),
-        conn.batch_execute("COMMIT"),
-    )
-    .await?;
-    Ok(results)
+    type Step<'a, T> = BoxFuture<'a, Result<Option<T>, tokio_postgres::Error>>;
+    let control = |sql: &'static str| -> Step<'a, T> {
+        Box::pin(async move { conn.batch_execute(sql).await.map(|()| None) })
+    };
+    let mut steps = vec![control("BEGIN")];
+    for statement in statements {
+        steps.push(Box::pin(async move { statement.await.map(Some) }));
+    }
+    steps.push(control("COMMIT"));
+    let mut rows = Vec::with_capacity(steps.len() - 2);
+    for step in join_in_order(steps).await {
+        if let Some(row) = step? {
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+/// Drives every future to completion, polling them in their order every
+/// time, and returns their outputs in that order.
+///
+/// tokio-postgres sends a query when its future is first polled, so the
+/// order of first polls is the order of the statements on the wire: `BEGIN`
+/// must go before the statements and `COMMIT` after them. General-purpose
+/// joins do not promise that order (`join_all` switches to an unordered set
+/// past 30 futures), so this one is written out.
+pub(super) async fn join_in_order<O>(futures: Vec<BoxFuture<'_, O>>) -> Vec<O> {
+    let mut all: Vec<_> = futures.into_iter().map(maybe_done).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for f in all.iter_mut() {
+            pending |= Pin::new(f).poll(cx).is_pending();
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    all.iter_mut()
+        .map(|f| Pin::new(f).take_output().expect("every future is done"))
+        .collect()
 }
 
 /// A statement per kind, built once: the hot path only looks it up.
@@ -116,7 +157,8 @@ fn build_finish_sql(kind: MessageKind) -> String {
                                     ELSE now() + make_interval(secs => $5::float8) END,
              sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END,
              error_message = COALESCE($6, error_message),
-             lease_owner = NULL, lease_until = NULL, updated_at = now()
+             lease_owner = NULL, lease_until = NULL, reclaim_after = NULL,
+             updated_at = now()
            WHERE id = $1 AND (status || '') = 'sending' AND lease_owner = $2
            RETURNING id, status, next_attempt_at),
          a AS (
@@ -300,24 +342,46 @@ pub async fn finish_batch(
         .collect()
 }
 
+/// How long a lease found expired is left to its holder before it is taken
+/// back. A holder that is alive keeps writing its outcome every half second
+/// until the database answers; after an outage longer than the lease, this
+/// is its window to write first, so that the mail it sent is not sent again.
+pub const RECLAIM_GRACE: Duration = Duration::from_secs(10);
+
 /// Turns expired leases (their sender died mid-send) into scheduled retries,
 /// or into `failed` when retries are used up, and closes their open attempt
 /// as a `crash`.
+///
+/// In two steps: a lease seen expired for the first time only gets
+/// `reclaim_after = now() + RECLAIM_GRACE`; it is reclaimed by a later call,
+/// after that time, if its holder has not recorded the outcome meanwhile.
+/// Both steps are measured on the database's clock while it answers, so an
+/// outage, however long, never lets a reclaim overtake a live holder.
 pub async fn reclaim_expired(
     pool: &Pool,
     policy: &RetryPolicy,
-) -> Result<Vec<Settled>, StoreError> {
+) -> Result<Vec<Reclaimed>, StoreError> {
     const ERROR: &str = "lease expired: the process sending this message stopped mid-send";
     let mut conn = checkout(pool).await?;
     let tx = conn.transaction().await?;
-    let mut settled = Vec::new();
+    let mut reclaimed = Vec::new();
     for kind in [MessageKind::Contact, MessageKind::Notify] {
+        tx.execute(
+            &format!(
+                "UPDATE {t} SET reclaim_after = now() + make_interval(secs => $1)
+                 WHERE status = 'sending' AND lease_until < now() AND reclaim_after IS NULL",
+                t = table(kind)
+            ),
+            &[&RECLAIM_GRACE.as_secs_f64()],
+        )
+        .await?;
         let rows = tx
             .query(
                 &format!(
                     "WITH expired AS (
-                        SELECT id FROM {t}
+                        SELECT id, retry_count FROM {t}
                         WHERE status = 'sending' AND lease_until < now()
+                          AND reclaim_after < now()
                         ORDER BY lease_until LIMIT 500
                         FOR UPDATE SKIP LOCKED)
                      UPDATE {t} m SET
@@ -327,10 +391,16 @@ pub async fn reclaim_expired(
                             ELSE NULL END,
                         retry_count = CASE WHEN m.retry_count < $1 THEN m.retry_count + 1 ELSE m.retry_count END,
                         error_message = $4,
-                        lease_owner = NULL, lease_until = NULL, updated_at = now()
+                        lease_owner = NULL, lease_until = NULL, reclaim_after = NULL,
+                        updated_at = now()
                      FROM expired WHERE m.id = expired.id
-                     RETURNING m.id, m.status, m.next_attempt_at",
-                    t = table(kind)
+                     RETURNING m.id, m.status, m.next_attempt_at, m.uuid, expired.retry_count + 1,
+                        (SELECT (extract(epoch FROM now() - a.started_at) * 1000)::bigint
+                           FROM delivery_attempts a
+                          WHERE a.kind = '{k}' AND a.message_id = m.id
+                            AND a.number = expired.retry_count + 1)",
+                    t = table(kind),
+                    k = kind.as_str(),
                 ),
                 &[
                     &(policy.max_retries as i32),
@@ -342,9 +412,15 @@ pub async fn reclaim_expired(
             .await?;
         let mut ids = Vec::with_capacity(rows.len());
         for row in &rows {
-            let s = settled_from_row(kind, row)?;
-            ids.push(s.id);
-            settled.push(s);
+            let settled = settled_from_row(kind, row)?;
+            ids.push(settled.id);
+            reclaimed.push(Reclaimed {
+                settled,
+                uuid: row.try_get(3)?,
+                attempt: row.try_get(4)?,
+                duration_ms: row.try_get::<_, Option<i64>>(5)?.unwrap_or(0),
+                error: ERROR,
+            });
         }
         if !ids.is_empty() {
             tx.execute(
@@ -358,7 +434,43 @@ pub async fn reclaim_expired(
     }
     tx.commit().await?;
     conn.release();
-    Ok(settled)
+    Ok(reclaimed)
+}
+
+/// Gives claimed messages that were never handed to a sender back to
+/// `queued`, due at once, and removes the attempt rows their claims opened:
+/// no attempt happened. Each is fenced by its lease token, so a message
+/// claimed or finished by anyone else since is left alone. Returns, per
+/// job, whether it was released.
+pub async fn release(pool: &Pool, jobs: &[ClaimRef]) -> Result<Vec<bool>, StoreError> {
+    let mut conn = checkout(pool).await?;
+    let tx = conn.transaction().await?;
+    let mut released = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let row = tx
+            .query_opt(
+                &format!(
+                    "WITH m AS (
+                       UPDATE {t} SET status = 'queued', lease_owner = NULL,
+                         lease_until = NULL, reclaim_after = NULL, updated_at = now()
+                       WHERE id = $1 AND status = 'sending' AND lease_owner = $2
+                       RETURNING id, retry_count),
+                     a AS (
+                       DELETE FROM delivery_attempts d USING m
+                       WHERE d.kind = '{k}' AND d.message_id = m.id
+                         AND d.number = m.retry_count + 1 AND d.finished_at IS NULL)
+                     SELECT id FROM m",
+                    t = table(job.kind),
+                    k = job.kind.as_str(),
+                ),
+                &[&job.id, &job.lease_token.to_string()],
+            )
+            .await?;
+        released.push(row.is_some());
+    }
+    tx.commit().await?;
+    conn.release();
+    Ok(released)
 }
 
 /// Queued messages that have been due for at least `grace`: in normal
@@ -391,4 +503,35 @@ pub async fn overdue(
             Ok((kind, r.try_get(1)?))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Past `join_all`'s switch point (30), first polls still follow the
+    /// order of the futures, and outputs come back in that order even when
+    /// later futures finish first.
+    #[tokio::test]
+    async fn futures_are_first_polled_in_their_order() {
+        let first_polls = Arc::new(Mutex::new(Vec::new()));
+        let futures: Vec<BoxFuture<'_, usize>> = (0..100usize)
+            .map(|i| {
+                let first_polls = first_polls.clone();
+                Box::pin(async move {
+                    first_polls.lock().unwrap().push(i);
+                    // Later ones finish sooner: output order must not follow.
+                    for _ in 0..(100 - i) % 7 {
+                        tokio::task::yield_now().await;
+                    }
+                    i
+                }) as BoxFuture<'_, usize>
+            })
+            .collect();
+        let outputs = join_in_order(futures).await;
+        assert_eq!(*first_polls.lock().unwrap(), (0..100).collect::<Vec<_>>());
+        assert_eq!(outputs, (0..100).collect::<Vec<_>>());
+    }
 }

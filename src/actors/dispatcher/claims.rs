@@ -1,23 +1,63 @@
-//! Claiming messages in PostgreSQL and handing the claimed jobs to mailers.
+//! Claiming messages in PostgreSQL, handing the claimed jobs to mailers, and
+//! giving back the claims that will not be sent.
 //!
 //! A claim is a conditional update with a fresh lease token: of several
 //! dispatchers, exactly one gets each message. What comes back waits in
 //! `waiting` until a mailer is idle; a message the claim did not return
 //! (sent already, claimed elsewhere, not due, a duplicate wake-up) only has
 //! its stream entry acknowledged.
+//!
+//! A claim that will not be sent goes back to `queued` at once, fenced by
+//! its lease token, rather than waiting out its lease and being recorded as
+//! a crash that never happened: a claim whose answer was lost (it may have
+//! committed anyway), a job that waited too long for a mailer, and jobs
+//! not yet started when the dispatcher drains.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
+use uuid::Uuid;
 
 use super::event::Event;
 use super::slots::{self, InFlight};
 use super::{DispatcherState, PERSISTENCE_CALL, report};
 use crate::actors::persistence::PersistenceMsg;
 use crate::actors::protocol::{DispatcherMsg, MailerMsg};
+use crate::actors::registry::Registry;
 use crate::domain::MessageKind;
-use crate::domain::delivery::MailJob;
+use crate::domain::delivery::{ClaimRef, MailJob};
 use crate::queue::Entry;
+
+/// A claim whose answer was lost is released again after this long: the
+/// server may still commit a pipeline whose connection was dropped, after
+/// the first release ran. Longer than the statement timeout.
+const RELEASE_AGAIN: Duration = Duration::from_secs(5);
+/// The pause before a failed release is tried again. Its lease is the
+/// fallback: a release that never succeeds costs a wait, not a mail.
+const RELEASE_RETRY: Duration = Duration::from_millis(500);
+/// Releases tried at most this often before the lease is left to do it.
+const RELEASE_TRIES: u32 = 20;
+
+/// Why claimed jobs go back to `queued` unsent; named in the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseReason {
+    /// The claim's answer did not arrive (it may have committed).
+    ClaimLost,
+    /// It waited for a mailer until its lease could run out mid-send.
+    WaitedTooLong,
+    /// The dispatcher is draining: nothing new is started.
+    Draining,
+}
+
+impl ReleaseReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::ClaimLost => "the claim's answer was lost",
+            Self::WaitedTooLong => "it waited too long for a mailer",
+            Self::Draining => "shutting down before it was started",
+        }
+    }
+}
 
 impl DispatcherState {
     pub(super) fn claim(&mut self, myself: &ActorRef<DispatcherMsg>, entries: Vec<Entry>) {
@@ -25,6 +65,7 @@ impl DispatcherState {
         let jobs: Vec<(MessageKind, i64)> = entries.iter().filter_map(|e| e.job).collect();
         let persistence = self.registry.persistence();
         let lease = slots::lease_duration(&self.config);
+        let token = Uuid::new_v4();
         let metrics = self.metrics.clone();
         let me = myself.clone();
         tokio::spawn(async move {
@@ -36,7 +77,7 @@ impl DispatcherState {
                     PersistenceMsg::Claim,
                     PERSISTENCE_CALL.as_millis() as u64,
                     jobs,
-                    uuid::Uuid::new_v4(),
+                    token,
                     lease
                 ) {
                     Ok(Ok(jobs)) => Ok(jobs),
@@ -47,17 +88,35 @@ impl DispatcherState {
             metrics
                 .claim_duration
                 .observe(started.elapsed().as_secs_f64());
-            report(&me, Event::Claimed(entries, result));
+            report(&me, Event::Claimed(entries, token, result));
         });
     }
 
-    pub(super) fn claimed(&mut self, entries: Vec<Entry>, result: Result<Vec<MailJob>, String>) {
+    pub(super) fn claimed(
+        &mut self,
+        myself: &ActorRef<DispatcherMsg>,
+        entries: Vec<Entry>,
+        token: Uuid,
+        result: Result<Vec<MailJob>, String>,
+    ) {
         let mut jobs = match result {
             Ok(jobs) => jobs,
             Err(e) => {
-                // The messages stay queued in PostgreSQL; the reconciler
-                // re-feeds them once the database answers again.
-                tracing::warn!(error = %e, "claiming jobs failed");
+                // Timed out or cut off, the claim may still have committed:
+                // give back whatever it took under this token. The messages
+                // are due, and the reconciler re-feeds them.
+                tracing::warn!(error = %e, "claiming jobs failed; releasing what the claim may have taken");
+                let refs: Vec<ClaimRef> = entries
+                    .iter()
+                    .filter_map(|e| e.job)
+                    .map(|(kind, id)| ClaimRef {
+                        kind,
+                        id,
+                        lease_token: token,
+                    })
+                    .collect();
+                self.release(myself, refs.clone(), ReleaseReason::ClaimLost);
+                self.release_later(refs);
                 Vec::new()
             }
         };
@@ -76,12 +135,20 @@ impl DispatcherState {
             }
         }
         self.ack_later(done);
+        if self.stopped {
+            self.release_waiting(myself);
+        }
     }
 
     /// Waiting jobs to idle mailers, oldest first.
     pub(super) fn hand_out(&mut self, myself: &ActorRef<DispatcherMsg>) {
+        if self.stopped {
+            self.release_waiting(myself);
+            return;
+        }
         let window = slots::send_window(&self.config, PERSISTENCE_CALL);
         let lease = slots::lease_duration(&self.config);
+        let mut too_late = Vec::new();
         while !self.waiting.is_empty() {
             let Some(i) = self.slots.iter().position(slots::MailerSlot::idle) else {
                 break;
@@ -89,15 +156,29 @@ impl DispatcherState {
             let flight = self.waiting.pop_front().expect("not empty");
             // A job that waited so long that its lease could run out before
             // its send is recorded must not be sent: the reconciler may hand
-            // it to someone else meanwhile. It is dropped here; its lease
-            // expires and the message is retried like any crash.
+            // it to someone else meanwhile.
             if !slots::still_sendable(flight.claimed, window, lease) {
-                tracing::warn!(uuid = %flight.job.uuid, "a claimed job waited too long for a mailer; leaving it to its lease");
-                self.ack_later(flight.entry.into_iter().collect());
+                too_late.push(flight);
                 continue;
             }
             self.assign(myself, i, flight);
         }
+        if !too_late.is_empty() {
+            let refs = too_late.iter().map(|f| f.job.claim_ref()).collect();
+            self.ack_later(too_late.into_iter().filter_map(|f| f.entry).collect());
+            self.release(myself, refs, ReleaseReason::WaitedTooLong);
+        }
+    }
+
+    /// Every job claimed and not yet handed out goes back to `queued`.
+    pub(super) fn release_waiting(&mut self, myself: &ActorRef<DispatcherMsg>) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let waiting: Vec<InFlight> = self.waiting.drain(..).collect();
+        let refs = waiting.iter().map(|f| f.job.claim_ref()).collect();
+        self.ack_later(waiting.into_iter().filter_map(|f| f.entry).collect());
+        self.release(myself, refs, ReleaseReason::Draining);
     }
 
     fn assign(&mut self, myself: &ActorRef<DispatcherMsg>, i: usize, flight: InFlight) {
@@ -120,4 +201,90 @@ impl DispatcherState {
             }
         }
     }
+
+    /// Gives claims back in a task, tried again a while if the database
+    /// does not answer; while draining, the drain waits for it. A released
+    /// message is woken again at once unless the dispatcher is stopping (the
+    /// next process, or another instance, re-feeds it).
+    fn release(
+        &mut self,
+        myself: &ActorRef<DispatcherMsg>,
+        refs: Vec<ClaimRef>,
+        reason: ReleaseReason,
+    ) {
+        if refs.is_empty() {
+            return;
+        }
+        self.releasing += 1;
+        let registry = self.registry.clone();
+        let queue = self.queue.clone();
+        let wake = !self.stopped;
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let released = release_with_retries(&registry, &refs).await;
+            match &released {
+                Ok(n) => tracing::info!(
+                    released = n,
+                    claimed = refs.len(),
+                    reason = reason.as_str(),
+                    "claimed messages returned to the queue unsent"
+                ),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    count = refs.len(),
+                    reason = reason.as_str(),
+                    "returning claimed messages to the queue failed; their leases will expire"
+                ),
+            }
+            if wake && matches!(released, Ok(n) if n > 0) {
+                let jobs: Vec<_> = refs.iter().map(|r| (r.kind, r.id)).collect();
+                if let Err(e) = queue.push(&jobs).await {
+                    tracing::debug!(error = %e, "waking released messages failed; the reconciler will");
+                }
+            }
+            report(&me, Event::Released);
+        });
+    }
+
+    /// The safety net after a lost claim answer: released once more when a
+    /// commit still in flight must have landed.
+    fn release_later(&self, refs: Vec<ClaimRef>) {
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RELEASE_AGAIN).await;
+            if let Ok(n) = release_with_retries(&registry, &refs).await
+                && n > 0
+            {
+                tracing::info!(
+                    released = n,
+                    "a lost claim committed late; its messages are back in the queue"
+                );
+            }
+        });
+    }
+}
+
+async fn release_with_retries(registry: &Registry, refs: &[ClaimRef]) -> Result<usize, String> {
+    let mut last = String::new();
+    for _ in 0..RELEASE_TRIES {
+        let answer = match registry.persistence() {
+            None => Err("persistence is restarting".to_owned()),
+            Some(p) => match ractor::call_t!(
+                p,
+                PersistenceMsg::Release,
+                PERSISTENCE_CALL.as_millis() as u64,
+                refs.to_vec()
+            ) {
+                Ok(Ok(done)) => Ok(done.iter().filter(|d| **d).count()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        match answer {
+            Ok(n) => return Ok(n),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(RELEASE_RETRY).await;
+    }
+    Err(last)
 }

@@ -1,6 +1,7 @@
-//! Shutdown: the dispatcher stops reading and handing out jobs, lets the
-//! sends in flight finish and be recorded, and answers once they are, or at
-//! the deadline with `false`.
+//! Shutdown: the dispatcher stops reading and handing out jobs, gives the
+//! jobs it claimed but did not start back to the queue, lets the sends in
+//! flight finish and be recorded, and answers once they are, or at the
+//! deadline with `false`.
 
 use std::time::Duration;
 
@@ -19,6 +20,9 @@ impl DispatcherState {
     ) {
         self.stopped = true;
         self.draining = Some(reply);
+        // Jobs claimed but not started go back to the queue now, not when
+        // their leases end.
+        self.release_waiting(myself);
         myself.send_after(deadline, || DispatcherMsg::Own(Event::DrainDeadline));
         self.check_drained();
     }
@@ -44,7 +48,8 @@ impl DispatcherState {
         let idle = self.in_flight() == 0
             && self.recording == 0
             && self.to_record.is_empty()
-            && self.claiming == 0;
+            && self.claiming == 0
+            && self.releasing == 0;
         if idle && let Some(reply) = self.draining.take() {
             let _ = reply.send(true);
         }

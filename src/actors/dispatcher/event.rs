@@ -14,8 +14,11 @@ pub enum Event {
     Read(Result<Vec<Entry>, redis::RedisError>),
     /// The pause after a failed read is over.
     ReadResumed,
-    /// The answer to a claim of these entries' messages.
-    Claimed(Vec<Entry>, Result<Vec<MailJob>, String>),
+    /// The answer to a claim of these entries' messages under this lease
+    /// token.
+    Claimed(Vec<Entry>, uuid::Uuid, Result<Vec<MailJob>, String>),
+    /// A release of claims is over (done, or left to the leases).
+    Released,
     /// A batch of outcomes was written: the entries to acknowledge, where
     /// each recorded message stands now, and the mailers that may take
     /// their next job.

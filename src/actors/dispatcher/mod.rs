@@ -74,6 +74,8 @@ pub struct DispatcherState {
     /// id (after a failed read); `None` when reading new entries.
     pending_cursor: Option<String>,
     claiming: usize,
+    /// Releases of claims under way.
+    releasing: usize,
     /// Outcomes waiting to be written; up to [`recorder::RECORDERS`]
     /// batches are written at a time, and what arrives meanwhile goes into
     /// the next (group commit).
@@ -116,6 +118,7 @@ impl Actor for Dispatcher {
             reading: false,
             pending_cursor: None,
             claiming: 0,
+            releasing: 0,
             to_record: Vec::new(),
             recording: 0,
             record_paused: false,
@@ -190,10 +193,15 @@ impl DispatcherState {
                 self.reading = false;
                 self.pump(myself);
             }
-            Event::Claimed(entries, result) => {
+            Event::Claimed(entries, token, result) => {
                 self.claiming -= entries.len();
-                self.claimed(entries, result);
+                self.claimed(myself, entries, token, result);
                 self.pump(myself);
+                self.check_drained();
+            }
+            Event::Released => {
+                self.releasing -= 1;
+                self.check_drained();
             }
             Event::Recorded(entries, settled, mailers) => {
                 self.recorded(myself, entries, settled, mailers)

@@ -15,8 +15,7 @@ use ractor::ActorRef;
 use super::event::Event;
 use super::{DispatcherState, PERSISTENCE_CALL, report};
 use crate::actors::persistence::PersistenceMsg;
-use crate::actors::protocol::DispatcherMsg;
-use crate::domain::delivery::Settled;
+use crate::actors::protocol::{DispatcherMsg, log_attempt_of};
 use crate::queue::Queue;
 use crate::util::AbortOnDrop;
 
@@ -62,7 +61,6 @@ impl DispatcherState {
         let persistence = self.registry.persistence();
         let consumer = self.consumer.clone();
         let metrics = self.metrics.clone();
-        let refeed_below = (self.slots.len() * 2 + 8) as u64;
         let me = myself.clone();
         tokio::spawn(async move {
             let now_ms = chrono::Utc::now().timestamp_millis();
@@ -73,11 +71,7 @@ impl DispatcherState {
             if reconcile {
                 depth = queue.depth().await.ok();
                 if let Some(p) = persistence {
-                    // While the stream still holds more than the work in
-                    // progress, overdue rows are most likely still in it:
-                    // re-feeding them would only add duplicate wake-ups.
-                    let refeed = depth.is_none_or(|(len, _)| len <= refeed_below);
-                    let reclaimed = reconcile_with_postgres(&queue, &p, refeed).await;
+                    let reclaimed = reconcile_with_postgres(&queue, &p).await;
                     metrics.leases_reclaimed.inc_by(reclaimed);
                 }
             }
@@ -96,21 +90,26 @@ impl DispatcherState {
 }
 
 /// Reclaims expired leases and re-feeds what Redis forgot.
-async fn reconcile_with_postgres(
-    queue: &Queue,
-    persistence: &ActorRef<PersistenceMsg>,
-    refeed: bool,
-) -> u64 {
+///
+/// A message is re-fed once it has been due for [`OVERDUE_GRACE`] plus the
+/// age of the stream's backlog: a wake-up still waiting its turn in the
+/// stream is not duplicated, while one that was lost (a failed push, a
+/// claim that failed) is found however long the backlog lasts, and then
+/// waits no longer than the messages around it.
+async fn reconcile_with_postgres(queue: &Queue, persistence: &ActorRef<PersistenceMsg>) -> u64 {
     let budget = PERSISTENCE_CALL.as_millis() as u64;
     let mut reclaimed = 0;
     match ractor::call_t!(persistence, PersistenceMsg::ReclaimExpired, budget) {
-        Ok(Ok(settled)) if !settled.is_empty() => {
-            reclaimed = settled.len() as u64;
+        Ok(Ok(taken)) if !taken.is_empty() => {
+            reclaimed = taken.len() as u64;
             tracing::warn!(
-                count = settled.len(),
+                count = taken.len(),
                 "reclaimed expired leases (a sender died mid-send)"
             );
-            let retries: Vec<_> = settled.iter().filter_map(Settled::retry_due).collect();
+            for r in &taken {
+                log_attempt_of(r.uuid, r.settled.kind, r.attempt, &r.result());
+            }
+            let retries: Vec<_> = taken.iter().filter_map(|r| r.settled.retry_due()).collect();
             if let Err(e) = queue.schedule(&retries).await {
                 tracing::debug!(error = %e, "scheduling reclaimed retries failed");
             }
@@ -118,14 +117,18 @@ async fn reconcile_with_postgres(
         Ok(Err(e)) => tracing::debug!(error = %e, "reclaiming leases failed"),
         _ => {}
     }
-    if !refeed {
-        return reclaimed;
-    }
+    let backlog = match queue.backlog_age().await {
+        Ok(age) => age,
+        Err(e) => {
+            tracing::debug!(error = %e, "reading the backlog's age failed");
+            Duration::ZERO
+        }
+    };
     match ractor::call_t!(
         persistence,
         PersistenceMsg::Overdue,
         budget,
-        OVERDUE_GRACE,
+        OVERDUE_GRACE + backlog,
         ROUND_LIMIT as i64
     ) {
         Ok(Ok(overdue)) if !overdue.is_empty() => {
