@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
@@ -41,8 +43,11 @@ const PURGE_EVERY: Duration = Duration::from_secs(300);
 pub struct Persistence;
 
 pub enum PersistenceMsg {
+    /// Store a new message; answered by the deadline (the caller's own,
+    /// a little before it gives up), never after.
     Accept(
         Box<AcceptRequest>,
+        Instant,
         RpcReplyPort<Result<AcceptOutcome, StoreError>>,
     ),
     List(ListQuery, RpcReplyPort<Result<Page, StoreError>>),
@@ -163,9 +168,10 @@ impl Actor for Persistence {
         let pool = state.pool.clone();
         let bookkeeping = state.bookkeeping.clone();
         match msg {
-            PersistenceMsg::Accept(req, reply) if ready && req.is_plain() => {
+            PersistenceMsg::Accept(req, deadline, reply) if ready && req.is_plain() => {
                 let pending = Pending {
                     item: (req.message, req.fingerprint),
+                    deadline,
                     reply,
                 };
                 if let Err(e) = state.batcher.try_send(pending) {
@@ -178,12 +184,15 @@ impl Actor for Persistence {
                     )));
                 }
             }
-            PersistenceMsg::Accept(req, reply) => {
-                run(
-                    ready,
-                    reply,
-                    async move { store::accept(&pool, &req).await },
-                );
+            PersistenceMsg::Accept(req, deadline, reply) => {
+                // A keyed accept is its own transaction, bounded by the
+                // caller's deadline rather than the general one.
+                let budget = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(OP_TIMEOUT);
+                run_within(ready, budget, reply, async move {
+                    store::accept(&pool, &req).await
+                });
             }
             PersistenceMsg::List(q, reply) => {
                 run(ready, reply, async move { store::list(&pool, &q).await });
@@ -271,6 +280,17 @@ fn run<T: Send + 'static>(
     reply: RpcReplyPort<Result<T, StoreError>>,
     work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
 ) {
+    run_within(ready, OP_TIMEOUT, reply, work);
+}
+
+/// [`run`] under another budget. Work cut off by the budget may have been
+/// committed: it answers `InDoubt`.
+fn run_within<T: Send + 'static>(
+    ready: bool,
+    budget: Duration,
+    reply: RpcReplyPort<Result<T, StoreError>>,
+    work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) {
     if !ready {
         let _ = reply.send(Err(StoreError::Unavailable(
             "database schema is not ready yet".into(),
@@ -281,10 +301,10 @@ fn run<T: Send + 'static>(
         return;
     }
     tokio::spawn(async move {
-        let result = match tokio::time::timeout(OP_TIMEOUT, work).await {
+        let result = match tokio::time::timeout(budget, work).await {
             Ok(r) => r,
-            Err(_) => Err(StoreError::Unavailable(
-                "database did not answer in time".into(),
+            Err(_) => Err(StoreError::InDoubt(
+                "the database did not answer in time".into(),
             )),
         };
         let _ = reply.send(result);
@@ -294,8 +314,15 @@ fn run<T: Send + 'static>(
 /// An accept waiting for its group commit.
 struct Pending {
     item: (NewMessage, Fingerprint),
+    /// Its answer is due by then: a commit that could end later is not
+    /// started for it.
+    deadline: Instant,
     reply: RpcReplyPort<Result<AcceptOutcome, StoreError>>,
 }
+
+/// Shortest time left for a commit to be worth starting for a request;
+/// with less, it is refused before anything is written.
+const MIN_COMMIT_WINDOW: Duration = Duration::from_millis(100);
 
 /// Accepts waiting at most; past this, new ones are refused with a 503
 /// rather than queued without bound.
@@ -337,19 +364,34 @@ async fn group_commit(pool: Pool, mut pending: mpsc::Receiver<Pending>) {
                 Err(_) => break,
             }
         }
-        // A caller that gave up (timed out) got a 503: storing its message
-        // now would deliver mail the client believes was refused.
-        batch.retain(|p| !p.reply.is_closed());
-        if batch.is_empty() {
-            continue;
+        // A caller that gave up got a 503: storing its message now would
+        // deliver mail the client believes was refused. One whose deadline
+        // is too close is refused now, while nothing is written, rather
+        // than answered "maybe stored" later.
+        let now = Instant::now();
+        let (batch, late): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .filter(|p| !p.reply.is_closed())
+            .partition(|p| p.deadline.saturating_duration_since(now) >= MIN_COMMIT_WINDOW);
+        for p in late {
+            let _ = p.reply.send(Err(StoreError::Unavailable(
+                "waited too long for a database commit".into(),
+            )));
         }
+        let Some(deadline) = batch.iter().map(|p| p.deadline).min() else {
+            continue;
+        };
         let pool = pool.clone();
         tokio::spawn(async move {
             // The slot is released when this commit is answered.
             let _slot = slot;
             let (items, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.item, p.reply)).unzip();
-            let result = tokio::time::timeout(OP_TIMEOUT, store::accept_batch(&pool, &items)).await;
+            // Every request in the batch gets its answer by its deadline:
+            // a commit that outlives the earliest one is cut off, and its
+            // requests are told it may have been stored.
+            let budget = deadline.saturating_duration_since(Instant::now());
+            let result = tokio::time::timeout(budget, store::accept_batch(&pool, &items)).await;
             let failure = match result {
                 Ok(Ok(outcomes)) => {
                     for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -357,11 +399,16 @@ async fn group_commit(pool: Pool, mut pending: mpsc::Receiver<Pending>) {
                     }
                     return;
                 }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "database did not answer in time".to_owned(),
+                Ok(Err(e)) => (e.may_have_committed(), e.to_string()),
+                Err(_) => (true, "the database did not answer in time".to_owned()),
             };
             for reply in replies {
-                let _ = reply.send(Err(StoreError::Unavailable(failure.clone())));
+                let (in_doubt, why) = &failure;
+                let _ = reply.send(Err(if *in_doubt {
+                    StoreError::InDoubt(why.clone())
+                } else {
+                    StoreError::Unavailable(why.clone())
+                }));
             }
         });
     }

@@ -1,6 +1,9 @@
 //! Every way a request can fail, and the one place that maps each to a status
 //! code and a JSON body. Client errors carry a message naming the problem;
-//! server errors are logged here once and answered with an opaque body.
+//! server errors are logged here once, with the reason, and answered with a
+//! fixed sentence: a database's error text is for the operator, not for
+//! whoever can reach the port. A `503` says whether the request may have
+//! been stored, and how to retry it safely when it may.
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -33,8 +36,14 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unprocessable(&'static str),
+    /// A dependency is down, slow or restarting, and nothing was done. The
+    /// reason goes to the log, not to the client.
     #[error("{0}")]
     Unavailable(String),
+    /// Like `Unavailable`, but an accept may have been committed: the
+    /// database did not confirm in time, or its answer was lost.
+    #[error("{0}")]
+    MaybeStored(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -43,6 +52,19 @@ pub enum ApiError {
 struct Detail<'a> {
     detail: &'a str,
 }
+
+/// A `503`'s body: a fixed sentence and the request id to quote.
+#[derive(Serialize)]
+struct Unavailable<'a> {
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+}
+
+const UNAVAILABLE: &str = "Service temporarily unavailable. Nothing was stored; try again later.";
+const MAYBE_STORED: &str = "Service temporarily unavailable. The request may have been stored: \
+    to retry without risking a duplicate, send it again with the same Idempotency-Key header \
+    (or the same uuid in the body).";
 
 #[derive(Serialize)]
 struct Errors<'a> {
@@ -60,12 +82,20 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::MaybeStored(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
+    /// The response, without a request id in its body.
     pub fn into_response(self) -> HttpResponse {
+        self.respond(None)
+    }
+
+    /// The response; a `503` names `request_id` in its body, so that a
+    /// client can quote it and an operator find the log line with the
+    /// reason. Server-side failures are logged here, once.
+    pub fn respond(self, request_id: Option<&str>) -> HttpResponse {
         let status = self.status();
         let body = match &self {
             Self::Validation(errors) => serde_json::to_vec(&Errors { errors }),
@@ -90,7 +120,17 @@ impl ApiError {
             Self::Unprocessable(m) => detail(m),
             Self::Unavailable(m) => {
                 tracing::warn!(reason = %m, "answering 503");
-                detail(&format!("Service temporarily unavailable: {m}"))
+                serde_json::to_vec(&Unavailable {
+                    detail: UNAVAILABLE,
+                    request_id,
+                })
+            }
+            Self::MaybeStored(m) => {
+                tracing::warn!(reason = %m, "answering 503; the request may have been stored");
+                serde_json::to_vec(&Unavailable {
+                    detail: MAYBE_STORED,
+                    request_id,
+                })
             }
             Self::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
@@ -110,6 +150,10 @@ impl ApiError {
             Self::RateLimited(reset) => {
                 resp.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from(reset));
+            }
+            Self::Unavailable(_) | Self::MaybeStored(_) => {
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }

@@ -20,6 +20,11 @@ use crate::actors::protocol::DispatcherMsg;
 use crate::domain::{FieldErrors, IdempotencyKey, MessageKind, NewMessage, Status};
 use crate::store::{AcceptOutcome, AcceptRequest, ListQuery, MessageRef, MessageView, StoreError};
 
+/// How long an accept may take in persistence, waiting for its commit
+/// included; below [`ACTOR_CALL_TIMEOUT_MS`] so that the answer always
+/// arrives before the handler would give up.
+const ACCEPT_BUDGET: std::time::Duration = std::time::Duration::from_millis(2500);
+
 pub const DEFAULT_PAGE_SIZE: u64 = 20;
 pub const MAX_PAGE_SIZE: u64 = 100;
 
@@ -63,12 +68,24 @@ pub async fn accept(
         key_ttl: ctx.config.idempotency_ttl,
     };
     let persistence = ctx.persistence()?;
-    let outcome = call_t!(
+    // Persistence answers by this deadline, well before the call below
+    // gives up, so a request whose commit may have happened is answered
+    // from what persistence knows, not from a timeout here.
+    let deadline = tokio::time::Instant::now() + ACCEPT_BUDGET;
+    let outcome = match call_t!(
         persistence,
         PersistenceMsg::Accept,
         ACTOR_CALL_TIMEOUT_MS,
-        Box::new(request)
-    )??;
+        Box::new(request),
+        deadline
+    ) {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) if e.may_have_committed() => return Err(ApiError::MaybeStored(e.to_string())),
+        Ok(Err(e)) => return Err(e.into()),
+        // Persistence died or hung holding the request: it may have
+        // committed it.
+        Err(e) => return Err(ApiError::MaybeStored(e.to_string())),
+    };
     Ok(match outcome {
         AcceptOutcome::Accepted { status, body, id } => {
             ctx.metrics

@@ -158,9 +158,9 @@ pub async fn handle(
     let mut resp = async {
         match endpoint {
             None => ApiError::NotFound("Not found.").into_response(),
-            Some(endpoint) => route_to(endpoint, req, &ctx, peer)
+            Some(endpoint) => route_to(endpoint, req, &ctx, peer, &request_id)
                 .await
-                .unwrap_or_else(ApiError::into_response),
+                .unwrap_or_else(|e| e.respond(Some(&request_id))),
         }
     }
     .instrument(span)
@@ -217,6 +217,7 @@ async fn route_to(
     req: Request<Incoming>,
     ctx: &AppContext,
     peer: SocketAddr,
+    request_id: &str,
 ) -> Result<HttpResponse, ApiError> {
     let method = req.method().clone();
     let allowed = match endpoint {
@@ -248,7 +249,7 @@ async fn route_to(
                 }
                 _ => messages::accept(req, ctx, MessageKind::Contact).await,
             };
-            let mut resp = result.unwrap_or_else(ApiError::into_response);
+            let mut resp = result.unwrap_or_else(|e| e.respond(Some(request_id)));
             if let Some(d) = decision {
                 rate_limit_headers(&mut resp, d);
             }

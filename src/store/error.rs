@@ -10,6 +10,10 @@
 pub enum StoreError {
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The work was sent but its end was not seen (a deadline, a lost
+    /// connection): it may have been committed.
+    #[error("database did not confirm: {0}")]
+    InDoubt(String),
     #[error("database error: {}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
 }
@@ -56,7 +60,7 @@ impl StoreError {
     /// because validation runs first.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Self::Unavailable(_) => true,
+            Self::Unavailable(_) | Self::InDoubt(_) => true,
             Self::Query(e) => {
                 e.is_closed()
                     || e.as_db_error().is_none()
@@ -65,6 +69,17 @@ impl StoreError {
                         Some(c) if c.starts_with("08") || c.starts_with("57") || c.starts_with("53")
                     )
             }
+        }
+    }
+
+    /// Whether the work may have been committed despite the error: the
+    /// statement had been sent when the connection broke or the deadline
+    /// passed. A server error, or no connection at all, means it was not.
+    pub fn may_have_committed(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => false,
+            Self::InDoubt(_) => true,
+            Self::Query(e) => e.is_closed() || e.as_db_error().is_none(),
         }
     }
 }

@@ -30,7 +30,3 @@ pub use conn::{Pool, checkout};
 pub use error::StoreError;
 pub use pool::{CHECKOUT_TIMEOUT, STATEMENT_TIMEOUT, bookkeeping_config, pg_config, ping, pool};
 pub use read::{AttemptView, ListQuery, MessageRef, MessageView, Page, get, list};
-// Kept at `crate::store::` for code outside the store, though only the
-// store's own files use them today (and import them from `read`).
-#[allow(unused_imports)]
-pub(crate) use read::{content_columns, content_from_row, table};
