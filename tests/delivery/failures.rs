@@ -3,8 +3,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use crate::support::smtp_sink::{Mode, SmtpSink};
-use crate::support::{TestApp, poll_until, spawn_app_with_sink};
+use crate::common::{Mode, SmtpSink, TestApp, poll_until, redis_url};
 
 /// Retries in tests: 300 ms, 600 ms, 1200 ms.
 const FAST_RETRIES: [(&str, &str); 3] = [
@@ -14,9 +13,12 @@ const FAST_RETRIES: [(&str, &str); 3] = [
 ];
 
 async fn app_with_sink(sink: &SmtpSink, extra: &[(&str, &str)]) -> TestApp {
-    let mut overrides = FAST_RETRIES.to_vec();
-    overrides.extend_from_slice(extra);
-    spawn_app_with_sink(sink, &overrides).await
+    TestApp::builder()
+        .sink(sink)
+        .envs(&FAST_RETRIES)
+        .envs(extra)
+        .start()
+        .await
 }
 
 fn attempts(v: &Value) -> Vec<Value> {
@@ -271,7 +273,7 @@ async fn losing_every_redis_key_while_messages_wait_delays_but_loses_nothing() {
     .await;
     // This test's keys are its whole Redis state: deleting them is what a
     // FLUSHALL or an empty restart does to this deployment.
-    let client = redis::Client::open(crate::support::redis_url()).unwrap();
+    let client = redis::Client::open(redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}:*", app.target.prefix))

@@ -2,17 +2,16 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::smtp_sink::{Mode, SmtpSink};
-use crate::support::{Target, poll_until, spawn_app_on, spawn_app_with_sink};
+use crate::common::{Mode, SmtpSink, Target, TestApp, poll_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_accepted_notification_is_delivered_exactly_once_with_its_message_id() {
     let sink = SmtpSink::start(Mode::Accept).await;
-    let app = spawn_app_with_sink(
-        &sink,
-        &[("DEFAULT_FROM_EMAIL", "Service <noreply@example.com>")],
-    )
-    .await;
+    let app = TestApp::builder()
+        .sink(&sink)
+        .env("DEFAULT_FROM_EMAIL", "Service <noreply@example.com>")
+        .start()
+        .await;
 
     let mut uuids = Vec::new();
     for i in 0..40 {
@@ -54,7 +53,11 @@ async fn each_accepted_notification_is_delivered_exactly_once_with_its_message_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contact_message_goes_to_the_recipient_with_reply_to_the_sender() {
     let sink = SmtpSink::start(Mode::Accept).await;
-    let app = spawn_app_with_sink(&sink, &[("CONTACT_RECIPIENT", "owner@example.com")]).await;
+    let app = TestApp::builder()
+        .sink(&sink)
+        .env("CONTACT_RECIPIENT", "owner@example.com")
+        .start()
+        .await;
     let r = app
         .post_json(
             "/api/contact/",
@@ -86,15 +89,9 @@ async fn a_contact_message_goes_to_the_recipient_with_reply_to_the_sender() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_database_and_prefix_deliver_each_message_once() {
     let sink = SmtpSink::start(Mode::Accept).await;
-    let port = sink.addr.port().to_string();
-    let overrides = [
-        ("EMAIL_BACKEND", "smtp"),
-        ("EMAIL_HOST", "127.0.0.1"),
-        ("EMAIL_PORT", port.as_str()),
-    ];
     let target = Target::fresh();
-    let a = spawn_app_on(target.clone(), &overrides).await;
-    let b = spawn_app_on(target, &overrides).await;
+    let a = TestApp::builder().sink(&sink).target(&target).start().await;
+    let b = TestApp::builder().sink(&sink).target(&target).start().await;
 
     // Both instances accept and both deliver, at the same time.
     for i in 0..300 {

@@ -8,13 +8,11 @@
 use email_service::domain::MessageKind;
 use email_service::store::{self, delivery};
 
-use crate::support::{self, spawn_app};
+use crate::common::spawn_app;
 
 /// A connection configured exactly as the service's bookkeeping pool.
-async fn bookkeeping_client(database: &str) -> tokio_postgres::Client {
-    let config = store::bookkeeping_config(
-        store::pg_config(&support::database_url(database)).expect("valid url"),
-    );
+async fn bookkeeping_client(database_url: &str) -> tokio_postgres::Client {
+    let config = store::bookkeeping_config(store::pg_config(database_url).expect("valid url"));
     let (client, conn) = config
         .connect(tokio_postgres::NoTls)
         .await
@@ -88,10 +86,10 @@ async fn assert_primary_key_plans(client: &tokio_postgres::Client, when: &str) {
 
 #[tokio::test]
 async fn claims_and_outcomes_stay_primary_key_lookups_as_the_backlog_grows() {
-    let app = spawn_app(&[]).await;
+    let app = spawn_app().await;
     // One connection for the whole test, as a pooled one lives: its plans
     // are made on the young tables and kept.
-    let client = bookkeeping_client(&app.target.database).await;
+    let client = bookkeeping_client(&app.database_url).await;
     assert_eq!(
         show(&client, "plan_cache_mode").await,
         "force_generic_plan",
@@ -129,8 +127,8 @@ async fn claims_and_outcomes_stay_primary_key_lookups_as_the_backlog_grows() {
 /// the WAL flush, like accepts.
 #[tokio::test]
 async fn bookkeeping_commits_are_synchronous() {
-    let app = spawn_app(&[]).await;
-    let client = bookkeeping_client(&app.target.database).await;
+    let app = spawn_app().await;
+    let client = bookkeeping_client(&app.database_url).await;
     assert_eq!(
         show(&client, "synchronous_commit").await,
         "on",

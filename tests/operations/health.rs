@@ -3,12 +3,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::smtp_sink::{Mode, SmtpSink};
-use crate::support::{poll_until, spawn_app};
+use crate::common::{Mode, SmtpSink, TestApp, free_port, poll_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_reports_every_actor_and_metrics_count_the_work() {
-    let app = spawn_app(&[("MAILER_WORKERS", "3")]).await;
+    let app = TestApp::builder().env("MAILER_WORKERS", "3").start().await;
     let uuid = app
         .notify(&json!({"to": "a@example.org", "subject": "s", "body": "b"}))
         .await;
@@ -111,28 +110,17 @@ impl Drop for PrivateRedis {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_dying_turns_health_to_503_in_time_and_a_restart_recovers_everything() {
     let port = free_port();
     let mut redis = PrivateRedis::start(port);
     let sink = SmtpSink::start(Mode::Accept).await;
     let redis_url = format!("redis://127.0.0.1:{port}/");
-    let sink_port = sink.addr.port().to_string();
-    let app = spawn_app(&[
-        ("REDIS_URL", &redis_url),
-        ("EMAIL_BACKEND", "smtp"),
-        ("EMAIL_HOST", "127.0.0.1"),
-        ("EMAIL_PORT", &sink_port),
-    ])
-    .await;
+    let app = TestApp::builder()
+        .env("REDIS_URL", &redis_url)
+        .sink(&sink)
+        .start()
+        .await;
     assert_eq!(app.healthz().await.status, 200);
 
     redis.kill();
@@ -191,7 +179,10 @@ async fn healthz_answers_within_two_seconds_while_redis_hangs() {
     let port = free_port();
     let redis = PrivateRedis::start(port);
     let redis_url = format!("redis://127.0.0.1:{port}/");
-    let app = spawn_app(&[("REDIS_URL", &redis_url)]).await;
+    let app = TestApp::builder()
+        .env("REDIS_URL", &redis_url)
+        .start()
+        .await;
     assert_eq!(app.healthz().await.status, 200);
     let pid = redis.child.as_ref().unwrap().id().to_string();
     Command::new("kill").args(["-STOP", &pid]).status().unwrap();
@@ -243,14 +234,11 @@ async fn healthz_answers_within_two_seconds_while_redis_hangs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_waits_for_a_send_in_flight_and_records_it() {
     let sink = SmtpSink::start(Mode::Slow(Duration::from_millis(1500))).await;
-    let sink_port = sink.addr.port().to_string();
-    let app = spawn_app(&[
-        ("EMAIL_BACKEND", "smtp"),
-        ("EMAIL_HOST", "127.0.0.1"),
-        ("EMAIL_PORT", &sink_port),
-        ("SHUTDOWN_TIMEOUT", "10"),
-    ])
-    .await;
+    let app = TestApp::builder()
+        .sink(&sink)
+        .env("SHUTDOWN_TIMEOUT", "10")
+        .start()
+        .await;
     let uuid = app
         .notify(&json!({"to": "a@example.org", "subject": "s", "body": "b"}))
         .await;
@@ -262,14 +250,9 @@ async fn shutdown_waits_for_a_send_in_flight_and_records_it() {
     app.shutdown().await;
     // The drain let the send finish and recorded it before stopping.
     assert_eq!(sink.received().len(), 1);
-    let (db, conn) = tokio_postgres::connect(
-        &crate::support::database_url(&target.database),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    let status: String = db
+    let status: String = target
+        .db()
+        .await
         .query_one("SELECT status FROM notifications", &[])
         .await
         .unwrap()
