@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio::sync::Barrier;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, TestResponse, count_rows, spawn_app, spawn_app_with};
+use crate::common::{TestApp, TestResponse, count_rows, spawn_app};
 
 const CONTACT: &str = "/api/contact/";
 const NOTIFY: &str = "/api/notify/";
@@ -310,7 +310,10 @@ async fn ten_concurrent_requests_with_one_body_uuid_store_one_message_and_get_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_key_is_accepted_again_as_a_new_request() {
-    let app = spawn_app_with(&[("IDEMPOTENCY_TTL_HOURS", "1")]).await;
+    let app = TestApp::builder()
+        .env("IDEMPOTENCY_TTL_HOURS", "1")
+        .start()
+        .await;
     let first = post_with_key(&app, NOTIFY, "expiring", &notify(1)).await;
     assert_eq!(first.status, 202);
 

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::common::{TestApp, spawn_app};
 
 const CONTACT: &str = "/api/contact/";
 const NOTIFY: &str = "/api/notify/";
