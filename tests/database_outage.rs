@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use common::{TestApp, TestResponse, free_port, poll_until};
+use common::{TestApp, TestResponse, free_port, poll_until, spawn_app_with};
 
 /// The tests of this file measure answer times: run them one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
@@ -315,6 +315,14 @@ async fn assert_recovers(app: &TestApp, what: &str) {
     );
 }
 
+/// Starts the service on `url` and has it accept two messages; returns it
+/// and their uuids.
+async fn app_with_two_accepted(url: &str) -> (TestApp, Vec<String>) {
+    let app = spawn_app_with(&[("DATABASE_URL", url)]).await;
+    let accepted = accept_two(&app).await;
+    (app, accepted)
+}
+
 /// Posts two messages and returns their uuids.
 async fn accept_two(app: &TestApp) -> Vec<String> {
     let mut uuids = Vec::new();
@@ -343,8 +351,7 @@ async fn when_postgresql_stops_requests_answer_503_fast_and_recover_after_it_res
     let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = PgCluster::start_new();
     let url = cluster.url("email_outage");
-    let app = TestApp::builder().env("DATABASE_URL", &url).start().await;
-    let accepted = accept_two(&app).await;
+    let (app, accepted) = app_with_two_accepted(&url).await;
 
     let out = cluster.stop_immediate();
     assert!(out.status.success(), "pg_ctl stop: {out:?}");
@@ -361,8 +368,7 @@ async fn when_postgresql_hangs_requests_answer_503_fast_and_recover_when_it_resu
     let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = PgCluster::start_new();
     let url = cluster.url("email_hang");
-    let app = TestApp::builder().env("DATABASE_URL", &url).start().await;
-    let accepted = accept_two(&app).await;
+    let (app, accepted) = app_with_two_accepted(&url).await;
 
     let pids = cluster.pids();
     assert!(pids.len() > 1, "postmaster and its children: {pids:?}");
@@ -523,8 +529,7 @@ async fn after_a_network_black_hole_the_service_recovers_on_new_connections() {
         "postgres://postgres@127.0.0.1:{}/email_blackhole",
         proxy.addr.port()
     );
-    let app = TestApp::builder().env("DATABASE_URL", &url).start().await;
-    let accepted = accept_two(&app).await;
+    let (app, accepted) = app_with_two_accepted(&url).await;
 
     proxy.blackhole();
     assert_database_unavailable(&app, "network black hole").await;

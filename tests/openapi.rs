@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::TestApp;
+use common::spawn_app_with;
 
 const API_TOKEN: &str = "test-token";
 
@@ -361,7 +361,7 @@ fn max_examples() -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_service_conforms_to_the_document() {
     let cli = schemathesis();
-    let app = TestApp::builder().env("API_TOKEN", API_TOKEN).start().await;
+    let app = spawn_app_with(&[("API_TOKEN", API_TOKEN)]).await;
     let scratch = Scratch::new("run");
     let hooks = scratch.write("hooks.py", HOOKS_PY);
     let config = scratch.write("schemathesis.toml", &config(API_TOKEN));

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio::sync::Barrier;
 use uuid::Uuid;
 
-use crate::common::{TestApp, TestResponse, count_rows, spawn_app};
+use crate::common::{TestApp, TestResponse, count_rows, scalar, spawn_app, spawn_app_with};
 
 const CONTACT: &str = "/api/contact/";
 const NOTIFY: &str = "/api/notify/";
@@ -106,12 +106,7 @@ async fn the_same_key_with_a_different_body_is_a_422_and_stores_nothing_new() {
         assert_replay_of(&first, &again, path);
     }
     assert_eq!(app.row_counts().await, [1, 1, 2]);
-    let db = app.db().await;
-    let subject: String = db
-        .query_one("SELECT subject FROM notifications", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let subject: String = app.scalar("SELECT subject FROM notifications").await;
     assert_eq!(subject, "Subject 1", "the conflicting body was not stored");
     app.shutdown().await;
 }
@@ -310,23 +305,17 @@ async fn ten_concurrent_requests_with_one_body_uuid_store_one_message_and_get_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_key_is_accepted_again_as_a_new_request() {
-    let app = TestApp::builder()
-        .env("IDEMPOTENCY_TTL_HOURS", "1")
-        .start()
-        .await;
+    let app = spawn_app_with(&[("IDEMPOTENCY_TTL_HOURS", "1")]).await;
     let first = post_with_key(&app, NOTIFY, "expiring", &notify(1)).await;
     assert_eq!(first.status, 202);
 
     let db = app.db().await;
-    let row = db
-        .query_one(
-            "SELECT extract(epoch FROM expires_at - now())::float8 FROM idempotency_keys
-             WHERE scope = 'notify' AND key = 'expiring'",
-            &[],
-        )
-        .await
-        .unwrap();
-    let ttl_s: f64 = row.get(0);
+    let ttl_s: f64 = scalar(
+        &db,
+        "SELECT extract(epoch FROM expires_at - now())::float8 FROM idempotency_keys
+         WHERE scope = 'notify' AND key = 'expiring'",
+    )
+    .await;
     assert!(
         (3300.0..=3700.0).contains(&ttl_s),
         "IDEMPOTENCY_TTL_HOURS=1 keeps the key for an hour, got {ttl_s} s"

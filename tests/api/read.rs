@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::common::TestApp;
+use crate::common::{TestApp, spawn_app_with};
 
 const CONTACT: &str = "/api/contact/";
 const NOTIFY: &str = "/api/notify/";
@@ -428,8 +428,5 @@ async fn the_status_filter_selects_matching_messages_and_an_invalid_status_is_a_
 /// nothing to the mailers, and every message stays `queued`. (Delivery has
 /// its own suite.)
 async fn spawn_frozen_app() -> TestApp {
-    TestApp::builder()
-        .env("REDIS_URL", "redis://127.0.0.1:1/")
-        .start()
-        .await
+    spawn_app_with(&[("REDIS_URL", "redis://127.0.0.1:1/")]).await
 }

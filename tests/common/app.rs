@@ -15,7 +15,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::db::{TABLES, Target, connect, count_rows, redis_url};
+use tokio_postgres::types::FromSqlOwned;
+
+use super::db::{TABLES, Target, connect, count_rows, redis_url, scalar};
 use super::http::{self, HttpClient, TestResponse};
 use super::poll::poll_until;
 use super::process::ServiceProcess;
@@ -134,9 +136,16 @@ impl AppBuilder {
         }
     }
 
+    /// Starts the real binary and waits until its schema is ready.
+    pub fn process(self) -> ServiceProcess {
+        let p = self.process_unready();
+        p.wait_ready();
+        p
+    }
+
     /// Starts the real binary with the target's variables and the test's
     /// own, and no in-process defaults: as an operator would run it.
-    pub fn process(self) -> ServiceProcess {
+    pub fn process_unready(self) -> ServiceProcess {
         let target = self.target.clone().unwrap_or_else(Target::fresh);
         let vars = self.vars(&target, &[]);
         ServiceProcess::start(&vars, target)
@@ -196,6 +205,11 @@ impl TestApp {
         connect(&self.database_url).await
     }
 
+    /// The one value `sql` selects from this app's database.
+    pub async fn scalar<T: FromSqlOwned>(&self, sql: &str) -> T {
+        scalar(&self.db().await, sql).await
+    }
+
     /// Rows in each of [`TABLES`], in that order.
     pub async fn row_counts(&self) -> [i64; 3] {
         let db = self.db().await;
@@ -228,6 +242,13 @@ impl TestApp {
         let r = self.get(&format!("/api/{kind}/{id}/")).await;
         assert_eq!(r.status, 200, "{}", r.text());
         r.json()
+    }
+
+    /// Posts a notification and waits until it is sent or failed; returns
+    /// its view.
+    pub async fn notify_and_wait(&self, body: &Value, within: Duration) -> Value {
+        let uuid = self.notify(body).await;
+        self.wait_final("notify", &uuid, within).await
     }
 
     /// Waits until the message reaches `sent` or `failed`; returns its view.

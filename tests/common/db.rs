@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use tokio_postgres::types::FromSqlOwned;
 use uuid::Uuid;
 
 use super::required_env;
@@ -118,9 +119,14 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
-pub async fn count_rows(db: &tokio_postgres::Client, table: &str) -> i64 {
-    db.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+/// The one value `sql` selects.
+pub async fn scalar<T: FromSqlOwned>(db: &tokio_postgres::Client, sql: &str) -> T {
+    db.query_one(sql, &[])
         .await
-        .unwrap_or_else(|e| panic!("counting {table}: {e}"))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .get(0)
+}
+
+pub async fn count_rows(db: &tokio_postgres::Client, table: &str) -> i64 {
+    scalar(db, &format!("SELECT count(*) FROM {table}")).await
 }

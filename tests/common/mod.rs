@@ -24,7 +24,7 @@ pub mod raw;
 pub mod smtp_sink;
 
 pub use app::{AppBuilder, TestApp};
-pub use db::{TABLES, Target, connect, count_rows, redis_url};
+pub use db::{TABLES, Target, connect, count_rows, redis_url, scalar};
 pub use http::TestResponse;
 pub use poll::poll_until;
 pub use process::ServiceProcess;
@@ -34,6 +34,16 @@ pub use smtp_sink::{Mode, SmtpSink};
 /// Starts the service with the test defaults on a fresh [`Target`].
 pub async fn spawn_app() -> TestApp {
     TestApp::builder().start().await
+}
+
+/// Like [`spawn_app`], with these variables over the defaults.
+pub async fn spawn_app_with(vars: &[(&str, &str)]) -> TestApp {
+    TestApp::builder().envs(vars).start().await
+}
+
+/// Like [`spawn_app_with`], sending through `sink` over SMTP.
+pub async fn spawn_app_with_sink(sink: &SmtpSink, vars: &[(&str, &str)]) -> TestApp {
+    TestApp::builder().sink(sink).envs(vars).start().await
 }
 
 /// A port nothing listens on (for a moment): for servers a test starts and

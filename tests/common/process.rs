@@ -80,7 +80,7 @@ impl ServiceProcess {
 
     /// Waits until `/healthz` reports the schema in place (Redis or the
     /// mailers may still be warming up).
-    pub fn wait_ready(&self) {
+    pub(super) fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let (status, body) = http(self.addr, "GET", "/healthz", None);

@@ -2,16 +2,13 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::{Mode, SmtpSink, Target, TestApp, poll_until};
+use crate::common::{Mode, SmtpSink, Target, TestApp, poll_until, spawn_app_with_sink};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_accepted_notification_is_delivered_exactly_once_with_its_message_id() {
     let sink = SmtpSink::start(Mode::Accept).await;
-    let app = TestApp::builder()
-        .sink(&sink)
-        .env("DEFAULT_FROM_EMAIL", "Service <noreply@example.com>")
-        .start()
-        .await;
+    let from = ("DEFAULT_FROM_EMAIL", "Service <noreply@example.com>");
+    let app = spawn_app_with_sink(&sink, &[from]).await;
 
     let mut uuids = Vec::new();
     for i in 0..40 {
@@ -53,11 +50,7 @@ async fn each_accepted_notification_is_delivered_exactly_once_with_its_message_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contact_message_goes_to_the_recipient_with_reply_to_the_sender() {
     let sink = SmtpSink::start(Mode::Accept).await;
-    let app = TestApp::builder()
-        .sink(&sink)
-        .env("CONTACT_RECIPIENT", "owner@example.com")
-        .start()
-        .await;
+    let app = spawn_app_with_sink(&sink, &[("CONTACT_RECIPIENT", "owner@example.com")]).await;
     let r = app
         .post_json(
             "/api/contact/",
@@ -105,16 +98,10 @@ async fn two_instances_on_one_database_and_prefix_deliver_each_message_once() {
     .await;
     // Give a duplicate, if there were one, the time to arrive.
     poll_until(Duration::from_secs(10), "all rows sent", || async {
-        let db = a.db().await;
-        let n: i64 = db
-            .query_one(
-                "SELECT count(*) FROM notifications WHERE status = 'sent'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        n == 300
+        let sent: i64 = a
+            .scalar("SELECT count(*) FROM notifications WHERE status = 'sent'")
+            .await;
+        sent == 300
     })
     .await;
     let counts = sink.by_message_id();

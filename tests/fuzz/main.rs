@@ -69,18 +69,10 @@ impl Server {
     }
 
     fn stored_rows(&self) -> u64 {
-        self.rt.block_on(async {
-            let db = self.app.db().await;
-            let n: i64 = db
-                .query_one(
-                    "SELECT (SELECT count(*) FROM contact_messages) + (SELECT count(*) FROM notifications)",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            n as u64
-        })
+        let n: i64 = self.rt.block_on(self.app.scalar(
+            "SELECT (SELECT count(*) FROM contact_messages) + (SELECT count(*) FROM notifications)",
+        ));
+        n as u64
     }
 }
 

@@ -1,16 +1,13 @@
 use hyper::Method;
 use serde_json::json;
 
-use crate::common::TestApp;
+use crate::common::spawn_app_with;
 
 const CONTACT: &str = r#"{"name": "Ann", "email": "ann@example.org", "message": "hi"}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_api_token_set_internal_endpoints_need_a_valid_bearer_token() {
-    let app = TestApp::builder()
-        .env("API_TOKEN", "old-token, new-token")
-        .start()
-        .await;
+    let app = spawn_app_with(&[("API_TOKEN", "old-token, new-token")]).await;
     let json_ct = ("content-type", "application/json");
 
     for path in [
@@ -75,10 +72,7 @@ async fn with_api_token_set_internal_endpoints_need_a_valid_bearer_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_contact_form_is_rate_limited_per_ip_with_standard_headers() {
-    let app = TestApp::builder()
-        .env("CONTACT_RATE_LIMIT", "3")
-        .start()
-        .await;
+    let app = spawn_app_with(&[("CONTACT_RATE_LIMIT", "3")]).await;
     let json_ct = ("content-type", "application/json");
     for i in 0..3 {
         let r = app
@@ -112,12 +106,7 @@ async fn the_contact_form_is_rate_limited_per_ip_with_standard_headers() {
     );
     assert!(r.json()["detail"].as_str().unwrap().contains("throttled"));
     // The refused request stored nothing; notifications are not limited.
-    let db = app.db().await;
-    let n: i64 = db
-        .query_one("SELECT count(*) FROM contact_messages", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = app.scalar("SELECT count(*) FROM contact_messages").await;
     assert_eq!(n, 3);
     let r = app
         .post_json(

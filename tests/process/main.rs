@@ -12,16 +12,18 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use common::process::{ServiceProcess, http};
-use common::{AppBuilder, Mode, SmtpSink, Target, TestApp, free_port, poll_until};
+use common::{Mode, SmtpSink, Target, TestApp, free_port, poll_until};
 
 /// The binary on `target`, sending through `sink`, retrying after 200 ms
-/// and then twice as long each time.
-fn service(sink: &SmtpSink, target: &Target) -> AppBuilder {
+/// and then twice as long each time, with `env` on top; once it is ready.
+fn service(sink: &SmtpSink, target: &Target, env: &[(&str, &str)]) -> ServiceProcess {
     TestApp::builder()
         .target(target)
         .sink(sink)
         .env("EMAIL_RETRY_BASE_DELAY_MS", "200")
         .env("EMAIL_RETRY_BACKOFF_FACTOR", "2")
+        .envs(env)
+        .process()
 }
 
 fn post_notify(p: &ServiceProcess, subject: &str) -> Option<String> {
@@ -55,11 +57,11 @@ async fn statuses(target: &Target) -> Vec<(String, String)> {
 async fn drain_with_sends_in_flight(signal: &str) -> (SmtpSink, Target, Vec<String>) {
     let sink = SmtpSink::start(Mode::Slow(Duration::from_millis(1500))).await;
     let target = Target::fresh();
-    let mut p = service(&sink, &target)
-        .env("MAILER_WORKERS", "2")
-        .env("SHUTDOWN_TIMEOUT", "10")
-        .process();
-    p.wait_ready();
+    let mut p = service(
+        &sink,
+        &target,
+        &[("MAILER_WORKERS", "2"), ("SHUTDOWN_TIMEOUT", "10")],
+    );
     let uuids: Vec<String> = (0..6)
         .map(|i| post_notify(&p, &format!("t{i}")).unwrap())
         .collect();
@@ -88,7 +90,7 @@ async fn drain_with_sends_in_flight(signal: &str) -> (SmtpSink, Target, Vec<Stri
 async fn sigterm_with_sends_in_flight_exits_0_and_nothing_is_lost_after_restart() {
     let (sink, target, uuids) = drain_with_sends_in_flight("TERM").await;
     sink.set_mode(Mode::Accept);
-    let p2 = service(&sink, &target).process();
+    let p2 = service(&sink, &target, &[]);
     poll_until(
         Duration::from_secs(30),
         "all sent after restart",
@@ -108,11 +110,11 @@ async fn sigterm_with_sends_in_flight_exits_0_and_nothing_is_lost_after_restart(
 async fn a_second_signal_exits_at_once() {
     let sink = SmtpSink::start(Mode::Hang).await;
     let target = Target::fresh();
-    let mut p = service(&sink, &target)
-        .env("EMAIL_TIMEOUT", "60")
-        .env("SHUTDOWN_TIMEOUT", "60")
-        .process();
-    p.wait_ready();
+    let mut p = service(
+        &sink,
+        &target,
+        &[("EMAIL_TIMEOUT", "60"), ("SHUTDOWN_TIMEOUT", "60")],
+    );
     post_notify(&p, "hang").unwrap();
     poll_until(Duration::from_secs(10), "a send in flight", || async {
         statuses(&target).await.iter().any(|(_, s)| s == "sending")
@@ -131,10 +133,9 @@ async fn kill_9_during_a_burst_loses_no_accepted_message() {
     let sink = SmtpSink::start(Mode::Slow(Duration::from_millis(30))).await;
     let target = Target::fresh();
     // A short SMTP timeout makes the lease (2 × timeout + 20 s) shorter.
-    let start = || service(&sink, &target).env("EMAIL_TIMEOUT", "1").process();
+    let start = || service(&sink, &target, &[("EMAIL_TIMEOUT", "1")]);
 
     let mut p = start();
-    p.wait_ready();
     let addr = p.addr;
     // Accept from a thread while the main thread kills the process.
     let poster = std::thread::spawn(move || {
@@ -202,12 +203,15 @@ async fn logs_are_json_lines_with_request_and_attempt_fields_and_no_secrets() {
     let db_url = target
         .database_url()
         .replacen("postgres@", "postgres:db-pass-marker@", 1);
-    let p = service(&sink, &target)
-        .env("DATABASE_URL", &db_url)
-        .env("EMAIL_HOST_PASSWORD", "smtp-pass-marker")
-        .env("API_TOKEN", "token-marker")
-        .process();
-    p.wait_ready();
+    let p = service(
+        &sink,
+        &target,
+        &[
+            ("DATABASE_URL", &db_url),
+            ("EMAIL_HOST_PASSWORD", "smtp-pass-marker"),
+            ("API_TOKEN", "token-marker"),
+        ],
+    );
     {
         use std::io::{Read, Write};
         let body =
@@ -275,7 +279,6 @@ async fn a_panic_is_logged_as_one_json_line_and_the_service_goes_on() {
     let p = TestApp::builder()
         .env("EMAIL_RETRY_BASE_DELAY_MS", "100")
         .process();
-    p.wait_ready();
     let body = format!("crash {}", email_service::faults::MAILER_PANIC);
     let payload = json!({"to": "a@example.org", "subject": "s", "body": body}).to_string();
     let (status, _) = http(p.addr, "POST", "/api/notify/", Some(&payload));
@@ -303,7 +306,9 @@ async fn a_panic_is_logged_as_one_json_line_and_the_service_goes_on() {
 async fn with_the_database_down_at_start_livez_answers_and_healthz_says_why() {
     let closed = free_port();
     let db_url = format!("postgres://postgres@127.0.0.1:{closed}/nowhere");
-    let p = TestApp::builder().env("DATABASE_URL", &db_url).process();
+    let p = TestApp::builder()
+        .env("DATABASE_URL", &db_url)
+        .process_unready();
     assert_eq!(http(p.addr, "GET", "/livez", None).0, 200);
     let (status, body) = http(p.addr, "GET", "/healthz", None);
     assert_eq!(status, 503);
