@@ -323,6 +323,14 @@ async fn app_with_two_accepted(url: &str) -> (TestApp, Vec<String>) {
     (app, accepted)
 }
 
+/// Waits for `app` to recover, checks that what it accepted before is
+/// still there, and stops it.
+async fn assert_recovered_with(app: TestApp, accepted: &[String], what: &str) {
+    assert_recovers(&app, what).await;
+    assert_still_there(&app, accepted).await;
+    app.shutdown().await;
+}
+
 /// Posts two messages and returns their uuids.
 async fn accept_two(app: &TestApp) -> Vec<String> {
     let mut uuids = Vec::new();
@@ -350,25 +358,21 @@ async fn assert_still_there(app: &TestApp, uuids: &[String]) {
 async fn when_postgresql_stops_requests_answer_503_fast_and_recover_after_it_restarts() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = PgCluster::start_new();
-    let url = cluster.url("email_outage");
-    let (app, accepted) = app_with_two_accepted(&url).await;
+    let (app, accepted) = app_with_two_accepted(&cluster.url("email_outage")).await;
 
     let out = cluster.stop_immediate();
     assert!(out.status.success(), "pg_ctl stop: {out:?}");
     assert_database_unavailable(&app, "PostgreSQL stopped").await;
 
     cluster.start();
-    assert_recovers(&app, "PostgreSQL restarted").await;
-    assert_still_there(&app, &accepted).await;
-    app.shutdown().await;
+    assert_recovered_with(app, &accepted, "PostgreSQL restarted").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_postgresql_hangs_requests_answer_503_fast_and_recover_when_it_resumes() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = PgCluster::start_new();
-    let url = cluster.url("email_hang");
-    let (app, accepted) = app_with_two_accepted(&url).await;
+    let (app, accepted) = app_with_two_accepted(&cluster.url("email_hang")).await;
 
     let pids = cluster.pids();
     assert!(pids.len() > 1, "postmaster and its children: {pids:?}");
@@ -376,9 +380,7 @@ async fn when_postgresql_hangs_requests_answer_503_fast_and_recover_when_it_resu
     assert_database_unavailable(&app, "PostgreSQL hung (SIGSTOP)").await;
 
     cluster.signal_all("CONT");
-    assert_recovers(&app, "PostgreSQL resumed").await;
-    assert_still_there(&app, &accepted).await;
-    app.shutdown().await;
+    assert_recovered_with(app, &accepted, "PostgreSQL resumed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -537,7 +539,5 @@ async fn after_a_network_black_hole_the_service_recovers_on_new_connections() {
     // The path is back for new connections; the old ones are dead for good,
     // as after a failover or a dropped NAT entry.
     proxy.heal();
-    assert_recovers(&app, "network healed").await;
-    assert_still_there(&app, &accepted).await;
-    app.shutdown().await;
+    assert_recovered_with(app, &accepted, "network healed").await;
 }

@@ -447,7 +447,7 @@ async fn live_service_conforms_to_the_document() {
         health.status,
         200,
         "unhealthy after the run: {}",
-        String::from_utf8_lossy(&health.body)
+        health.text()
     );
     app.shutdown().await;
 }
