@@ -167,7 +167,8 @@ pub struct TestApp {
     pub(super) client: HttpClient,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), email_service::RunError>>>,
-    /// Last, so that it is dropped after the service is stopped.
+    /// Where it keeps its state. `Drop` stops the service before this goes
+    /// (with the database, when this is its last holder).
     pub target: Target,
 }
 

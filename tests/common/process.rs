@@ -29,7 +29,8 @@ pub struct ServiceProcess {
     pub addr: SocketAddr,
     lines: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
-    /// Last, so that its database outlives the process.
+    /// Where it keeps its state. `Drop` kills the process before this goes
+    /// (with the database, when this is its last holder).
     pub target: Target,
 }
 
