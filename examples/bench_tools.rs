@@ -20,7 +20,7 @@
 //! or nothing within 100 ms, gets
 //! `{"received": N, "unique_message_ids": U, "duplicates": D}`.
 
-#[path = "../tests/support/smtp_sink.rs"]
+#[path = "../tests/common/smtp_sink.rs"]
 #[allow(dead_code)]
 mod smtp_sink;
 

@@ -20,7 +20,7 @@
 //! Exit code: 0 when every invariant held, 1 when one failed, 2 when the run
 //! itself could not be carried out.
 
-#[path = "../tests/support/smtp_sink.rs"]
+#[path = "../tests/common/smtp_sink.rs"]
 #[allow(dead_code)]
 mod smtp_sink;
 

@@ -1,8 +1,10 @@
 //! The binary refuses a bad configuration with exit code 1 and one line on
 //! stderr naming the variable and its value, without a panic.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// An empty working directory (so that no `.env` is read), removed on drop.
@@ -35,18 +37,8 @@ struct Outcome {
 /// running after 10 s (it would be, had it accepted the configuration).
 fn run_with(vars: &[(&str, &str)]) -> Outcome {
     let dir = EmptyDir::new();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_email-service"));
-    cmd.env_clear()
-        .current_dir(&dir.0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Ok(path) = std::env::var("PATH") {
-        cmd.env("PATH", path);
-    }
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
+    let mut cmd = common::process::command();
+    cmd.current_dir(&dir.0).envs(vars.iter().copied());
     let mut child = cmd.spawn().expect("start the email-service binary");
     let started = Instant::now();
     loop {

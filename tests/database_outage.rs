@@ -5,11 +5,10 @@
 //! Each test runs its own PostgreSQL cluster (`initdb` from `PG_BIN`, as the
 //! `postgres` user when running as root) on a free port, removed on drop.
 
-#[allow(dead_code)]
-#[path = "api/helpers.rs"]
-mod helpers;
+#[path = "common/mod.rs"]
+mod common;
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -22,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use helpers::{TestApp, TestResponse, poll_until, spawn_app_with, start_app_with};
+use common::{TestApp, TestResponse, free_port, poll_until, spawn_app_with};
 
 /// The tests of this file measure answer times: run them one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
@@ -67,10 +66,7 @@ impl PgCluster {
         ));
         let data = root.join("data");
         std::fs::create_dir_all(&root).expect("create the cluster folder");
-        let port = {
-            let l = StdListener::bind("127.0.0.1:0").expect("find a free port");
-            l.local_addr().expect("addr").port()
-        };
+        let port = free_port();
         let cluster = Self {
             bin,
             root,
@@ -276,21 +272,16 @@ async fn assert_database_unavailable(app: &TestApp, what: &str) {
 
 /// Waits until a POST is accepted and `/healthz` is healthy again.
 async fn assert_recovers(app: &TestApp, what: &str) {
-    let accepted = poll_until(RECOVERY_DEADLINE, || async {
-        let resp = app.post_json("/api/notify/", &notify(999)).await;
-        (resp.status == 202).then_some(resp)
+    let accepted = format!("{what}: a POST to be accepted after the database came back");
+    poll_until(RECOVERY_DEADLINE, &accepted, || async {
+        app.post_json("/api/notify/", &notify(999)).await.status == 202
     })
     .await;
-    assert!(
-        accepted.is_some(),
-        "{what}: POST was not accepted within {RECOVERY_DEADLINE:?} of the database coming back"
-    );
-    let healthy = poll_until(RECOVERY_DEADLINE, || async {
-        let resp = app.get("/healthz").await;
-        (resp.status == 200).then_some(resp)
+    let healthy = format!("{what}: /healthz to return to 200");
+    poll_until(RECOVERY_DEADLINE, &healthy, || async {
+        app.get("/healthz").await.status == 200
     })
     .await;
-    assert!(healthy.is_some(), "{what}: /healthz did not return to 200");
 
     // Recovered for good, not just once in a while: every request of the
     // next seconds (longer than any request still in flight at recovery
@@ -324,6 +315,22 @@ async fn assert_recovers(app: &TestApp, what: &str) {
     );
 }
 
+/// Starts the service on `url` and has it accept two messages; returns it
+/// and their uuids.
+async fn app_with_two_accepted(url: &str) -> (TestApp, Vec<String>) {
+    let app = spawn_app_with(&[("DATABASE_URL", url)]).await;
+    let accepted = accept_two(&app).await;
+    (app, accepted)
+}
+
+/// Waits for `app` to recover, checks that what it accepted before is
+/// still there, and stops it.
+async fn assert_recovered_with(app: TestApp, accepted: &[String], what: &str) {
+    assert_recovers(&app, what).await;
+    assert_still_there(&app, accepted).await;
+    app.shutdown().await;
+}
+
 /// Posts two messages and returns their uuids.
 async fn accept_two(app: &TestApp) -> Vec<String> {
     let mut uuids = Vec::new();
@@ -351,27 +358,21 @@ async fn assert_still_there(app: &TestApp, uuids: &[String]) {
 async fn when_postgresql_stops_requests_answer_503_fast_and_recover_after_it_restarts() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = PgCluster::start_new();
-    let url = cluster.url("email_outage");
-    let app = spawn_app_with(&[("DATABASE_URL", &url)]).await;
-    let accepted = accept_two(&app).await;
+    let (app, accepted) = app_with_two_accepted(&cluster.url("email_outage")).await;
 
     let out = cluster.stop_immediate();
     assert!(out.status.success(), "pg_ctl stop: {out:?}");
     assert_database_unavailable(&app, "PostgreSQL stopped").await;
 
     cluster.start();
-    assert_recovers(&app, "PostgreSQL restarted").await;
-    assert_still_there(&app, &accepted).await;
-    app.shutdown().await;
+    assert_recovered_with(app, &accepted, "PostgreSQL restarted").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_postgresql_hangs_requests_answer_503_fast_and_recover_when_it_resumes() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = PgCluster::start_new();
-    let url = cluster.url("email_hang");
-    let app = spawn_app_with(&[("DATABASE_URL", &url)]).await;
-    let accepted = accept_two(&app).await;
+    let (app, accepted) = app_with_two_accepted(&cluster.url("email_hang")).await;
 
     let pids = cluster.pids();
     assert!(pids.len() > 1, "postmaster and its children: {pids:?}");
@@ -379,9 +380,7 @@ async fn when_postgresql_hangs_requests_answer_503_fast_and_recover_when_it_resu
     assert_database_unavailable(&app, "PostgreSQL hung (SIGSTOP)").await;
 
     cluster.signal_all("CONT");
-    assert_recovers(&app, "PostgreSQL resumed").await;
-    assert_still_there(&app, &accepted).await;
-    app.shutdown().await;
+    assert_recovered_with(app, &accepted, "PostgreSQL resumed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,17 +388,23 @@ async fn the_service_starts_while_postgresql_is_down_and_becomes_ready_when_it_c
     let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = PgCluster::create();
     let url = cluster.url("email_late");
-    let mut app = start_app_with(&[("DATABASE_URL", &url)]).await;
+    let mut app = TestApp::builder()
+        .env("DATABASE_URL", &url)
+        .start_unready()
+        .await;
 
     // Up and answering, without its database.
-    let live = poll_until(Duration::from_secs(10), || async {
-        let resp = app
-            .try_send(hyper::Method::GET, "/livez", &[], Default::default())
-            .await;
-        resp.ok().filter(|r| r.status == 200)
-    })
+    poll_until(
+        Duration::from_secs(10),
+        "/livez to answer while PostgreSQL is down",
+        || async {
+            let resp = app
+                .try_send(hyper::Method::GET, "/livez", &[], Default::default())
+                .await;
+            resp.is_ok_and(|r| r.status == 200)
+        },
+    )
     .await;
-    assert!(live.is_some(), "/livez answers while PostgreSQL is down");
     assert_database_unavailable(&app, "PostgreSQL not started yet").await;
 
     cluster.start();
@@ -526,8 +531,7 @@ async fn after_a_network_black_hole_the_service_recovers_on_new_connections() {
         "postgres://postgres@127.0.0.1:{}/email_blackhole",
         proxy.addr.port()
     );
-    let app = spawn_app_with(&[("DATABASE_URL", &url)]).await;
-    let accepted = accept_two(&app).await;
+    let (app, accepted) = app_with_two_accepted(&url).await;
 
     proxy.blackhole();
     assert_database_unavailable(&app, "network black hole").await;
@@ -535,7 +539,5 @@ async fn after_a_network_black_hole_the_service_recovers_on_new_connections() {
     // The path is back for new connections; the old ones are dead for good,
     // as after a failover or a dropped NAT entry.
     proxy.heal();
-    assert_recovers(&app, "network healed").await;
-    assert_still_there(&app, &accepted).await;
-    app.shutdown().await;
+    assert_recovered_with(app, &accepted, "network healed").await;
 }

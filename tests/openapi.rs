@@ -18,8 +18,8 @@
 //! --features fault-injection --test openapi -- --nocapture`, with
 //! `TEST_DATABASE_URL` and `TEST_REDIS_URL` set as `scripts/test` sets them.
 
-#[path = "support/mod.rs"]
-mod support;
+#[path = "common/mod.rs"]
+mod common;
 
 use std::fs::File;
 use std::io::Write;
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use support::spawn_app;
+use common::spawn_app_with;
 
 const API_TOKEN: &str = "test-token";
 
@@ -361,7 +361,7 @@ fn max_examples() -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_service_conforms_to_the_document() {
     let cli = schemathesis();
-    let app = spawn_app(&[("API_TOKEN", API_TOKEN)]).await;
+    let app = spawn_app_with(&[("API_TOKEN", API_TOKEN)]).await;
     let scratch = Scratch::new("run");
     let hooks = scratch.write("hooks.py", HOOKS_PY);
     let config = scratch.write("schemathesis.toml", &config(API_TOKEN));
@@ -447,7 +447,7 @@ async fn live_service_conforms_to_the_document() {
         health.status,
         200,
         "unhealthy after the run: {}",
-        String::from_utf8_lossy(&health.body)
+        health.text()
     );
     app.shutdown().await;
 }

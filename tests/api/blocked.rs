@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::helpers::{count_rows, poll_until, spawn_app};
+use crate::common::{count_rows, poll_until, spawn_app};
 
 const WITHIN: Duration = Duration::from_millis(3500);
 
@@ -41,14 +41,17 @@ async fn a_request_blocked_on_a_locked_table_answers_503_fast_and_is_not_stored(
     locker.batch_execute("ROLLBACK").await.expect("unlock");
 
     // The key of the request that got a 503 is free: its claim was rolled back.
-    let retried = poll_until(Duration::from_secs(15), || async {
-        let resp = app
-            .post_json_with("/api/notify/", &[("idempotency-key", "blocked-key")], &body)
-            .await;
-        (resp.status != 503).then_some(resp)
-    })
-    .await
-    .expect("the service recovers once the lock is released");
+    let retried = poll_until(
+        Duration::from_secs(15),
+        "the service to recover once the lock is released",
+        || async {
+            let resp = app
+                .post_json_with("/api/notify/", &[("idempotency-key", "blocked-key")], &body)
+                .await;
+            (resp.status != 503).then_some(resp)
+        },
+    )
+    .await;
     assert_eq!(retried.status, 202, "{}", retried.text());
     assert!(
         retried.header("idempotent-replayed").is_none(),
@@ -58,21 +61,24 @@ async fn a_request_blocked_on_a_locked_table_answers_503_fast_and_is_not_stored(
     // Give any straggling statement of the timed-out transactions the time
     // to finish, then check that none of them committed.
     let db = app.db().await;
-    let settled = poll_until(Duration::from_secs(10), || async {
-        let busy: i64 = db
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
+    poll_until(
+        Duration::from_secs(10),
+        "the statements still running to finish",
+        || async {
+            let busy: i64 = db
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
                  WHERE datname = current_database() AND state = 'active'
                    AND pid <> pg_backend_pid()",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (busy == 0).then_some(())
-    })
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            busy == 0
+        },
+    )
     .await;
-    assert!(settled.is_some(), "statements still running");
     assert_eq!(
         count_rows(&db, "notifications").await,
         1,

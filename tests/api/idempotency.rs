@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio::sync::Barrier;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, TestResponse, count_rows, spawn_app, spawn_app_with};
+use crate::common::{TestApp, TestResponse, count_rows, scalar, spawn_app, spawn_app_with};
 
 const CONTACT: &str = "/api/contact/";
 const NOTIFY: &str = "/api/notify/";
@@ -106,12 +106,7 @@ async fn the_same_key_with_a_different_body_is_a_422_and_stores_nothing_new() {
         assert_replay_of(&first, &again, path);
     }
     assert_eq!(app.row_counts().await, [1, 1, 2]);
-    let db = app.db().await;
-    let subject: String = db
-        .query_one("SELECT subject FROM notifications", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let subject: String = app.scalar("SELECT subject FROM notifications").await;
     assert_eq!(subject, "Subject 1", "the conflicting body was not stored");
     app.shutdown().await;
 }
@@ -315,15 +310,12 @@ async fn an_expired_key_is_accepted_again_as_a_new_request() {
     assert_eq!(first.status, 202);
 
     let db = app.db().await;
-    let row = db
-        .query_one(
-            "SELECT extract(epoch FROM expires_at - now())::float8 FROM idempotency_keys
-             WHERE scope = 'notify' AND key = 'expiring'",
-            &[],
-        )
-        .await
-        .unwrap();
-    let ttl_s: f64 = row.get(0);
+    let ttl_s: f64 = scalar(
+        &db,
+        "SELECT extract(epoch FROM expires_at - now())::float8 FROM idempotency_keys
+         WHERE scope = 'notify' AND key = 'expiring'",
+    )
+    .await;
     assert!(
         (3300.0..=3700.0).contains(&ttl_s),
         "IDEMPOTENCY_TTL_HOURS=1 keeps the key for an hour, got {ttl_s} s"

@@ -1,9 +1,11 @@
 //! The HTTP API against a real PostgreSQL (one fresh database per test) and
 //! Redis (one key prefix per test). Needs `TEST_DATABASE_URL` and
-//! `TEST_REDIS_URL`; see `helpers.rs`.
+//! `TEST_REDIS_URL`; see `tests/common`.
+
+#[path = "../common/mod.rs"]
+mod common;
 
 mod blocked;
-mod helpers;
 mod idempotency;
 mod protocol;
 mod read;

@@ -8,7 +8,7 @@ use hyper::Method;
 use hyper::body::Bytes;
 use serde_json::{Value, json};
 
-use crate::helpers::{RawConn, TestApp, TestResponse, raw_exchange, spawn_app};
+use crate::common::{RawConn, TestApp, TestResponse, raw_exchange, spawn_app};
 
 const CONTACT: &str = "/api/contact/";
 const NOTIFY: &str = "/api/notify/";

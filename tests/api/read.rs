@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, spawn_app_with};
+use crate::common::{TestApp, spawn_app_with};
 
 const CONTACT: &str = "/api/contact/";
 const NOTIFY: &str = "/api/notify/";
@@ -275,7 +275,7 @@ async fn lists_show_newest_first_with_count_and_no_links_on_a_single_page() {
 async fn pagination_links_are_absolute_urls_that_walk_every_page() {
     let app = spawn_frozen_app().await;
     let ids = post_notifications(&app, 5).await;
-    let port = app.port;
+    let port = app.addr.port();
     let base = format!("http://127.0.0.1:{port}/api/notify/");
 
     let page1 = app.get("/api/notify/?page_size=2").await;

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::common::{TestApp, spawn_app};
 
 const CONTACT: &str = "/api/contact/";
 const NOTIFY: &str = "/api/notify/";
@@ -310,12 +310,9 @@ async fn contact_accepts_limits_counted_in_characters_not_bytes() {
             resp.text()
         );
     }
-    let db = app.db().await;
-    let name: String = db
-        .query_one("SELECT name FROM contact_messages ORDER BY id LIMIT 1", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let name: String = app
+        .scalar("SELECT name FROM contact_messages ORDER BY id LIMIT 1")
+        .await;
     assert_eq!(name, "é".repeat(255), "the name is stored unchanged");
     assert_eq!(app.row_counts().await, [4, 0, 0]);
     app.shutdown().await;

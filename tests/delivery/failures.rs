@@ -3,8 +3,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use crate::support::smtp_sink::{Mode, SmtpSink};
-use crate::support::{TestApp, poll_until, spawn_app_with_sink};
+use crate::common::{Mode, SmtpSink, TestApp, poll_until, redis_url};
 
 /// Retries in tests: 300 ms, 600 ms, 1200 ms.
 const FAST_RETRIES: [(&str, &str); 3] = [
@@ -14,9 +13,33 @@ const FAST_RETRIES: [(&str, &str); 3] = [
 ];
 
 async fn app_with_sink(sink: &SmtpSink, extra: &[(&str, &str)]) -> TestApp {
-    let mut overrides = FAST_RETRIES.to_vec();
-    overrides.extend_from_slice(extra);
-    spawn_app_with_sink(sink, &overrides).await
+    TestApp::builder()
+        .sink(sink)
+        .envs(&FAST_RETRIES)
+        .envs(extra)
+        .start()
+        .await
+}
+
+/// The notification most of these tests send.
+fn mail() -> Value {
+    json!({"to": "a@example.org", "subject": "s", "body": "b"})
+}
+
+/// Sends [`mail`] and waits until it is sent or failed; returns its view.
+async fn send_mail(app: &TestApp) -> Value {
+    app.notify_and_wait(&mail(), Duration::from_secs(20)).await
+}
+
+/// Posts [`mail`] and waits until its first attempt failed (`what`);
+/// returns its uuid.
+async fn mail_retried(app: &TestApp, what: &str) -> String {
+    let uuid = app.notify(&mail()).await;
+    poll_until(Duration::from_secs(10), what, || async {
+        app.detail("notify", &uuid).await["retry_count"].as_i64() >= Some(1)
+    })
+    .await;
+    uuid
 }
 
 fn attempts(v: &Value) -> Vec<Value> {
@@ -35,13 +58,7 @@ fn finished(a: &Value) -> DateTime<Utc> {
 async fn temporary_failures_are_retried_on_the_backoff_schedule_then_sent() {
     let sink = SmtpSink::start(Mode::TempFail(2)).await;
     let app = app_with_sink(&sink, &[]).await;
-    let uuid = app
-        .notify(&json!({"to": "a@example.org", "subject": "s", "body": "b"}))
-        .await;
-
-    let v = app
-        .wait_final("notify", &uuid, Duration::from_secs(20))
-        .await;
+    let v = send_mail(&app).await;
     assert_eq!(v["status"], "sent", "{v}");
     assert_eq!(v["retry_count"], 2);
     let a = attempts(&v);
@@ -64,13 +81,7 @@ async fn temporary_failures_are_retried_on_the_backoff_schedule_then_sent() {
 async fn a_permanent_rejection_fails_at_once_without_retry() {
     let sink = SmtpSink::start(Mode::Reject).await;
     let app = app_with_sink(&sink, &[]).await;
-    let uuid = app
-        .notify(&json!({"to": "a@example.org", "subject": "s", "body": "b"}))
-        .await;
-
-    let v = app
-        .wait_final("notify", &uuid, Duration::from_secs(20))
-        .await;
+    let v = send_mail(&app).await;
     assert_eq!(v["status"], "failed", "{v}");
     assert_eq!(v["retry_count"], 0);
     let a = attempts(&v);
@@ -89,13 +100,7 @@ async fn a_permanent_rejection_fails_at_once_without_retry() {
 async fn exhausted_retries_end_in_failed_with_the_last_error() {
     let sink = SmtpSink::start(Mode::TempFail(usize::MAX)).await;
     let app = app_with_sink(&sink, &[("EMAIL_MAX_RETRIES", "2")]).await;
-    let uuid = app
-        .notify(&json!({"to": "a@example.org", "subject": "s", "body": "b"}))
-        .await;
-
-    let v = app
-        .wait_final("notify", &uuid, Duration::from_secs(20))
-        .await;
+    let v = send_mail(&app).await;
     assert_eq!(v["status"], "failed", "{v}");
     assert_eq!(v["retry_count"], 2);
     let a = attempts(&v);
@@ -111,13 +116,7 @@ async fn an_smtp_server_that_is_down_then_back_gets_the_mail() {
     let sink = SmtpSink::start(Mode::Accept).await;
     let app = app_with_sink(&sink, &[("EMAIL_MAX_RETRIES", "6")]).await;
     sink.down();
-    let uuid = app
-        .notify(&json!({"to": "a@example.org", "subject": "s", "body": "b"}))
-        .await;
-    poll_until(Duration::from_secs(10), "a refused attempt", || async {
-        app.detail("notify", &uuid).await["retry_count"].as_i64() >= Some(1)
-    })
-    .await;
+    let uuid = mail_retried(&app, "a refused attempt").await;
     sink.up().await;
     let v = app
         .wait_final("notify", &uuid, Duration::from_secs(30))
@@ -134,13 +133,7 @@ async fn an_smtp_server_that_is_down_then_back_gets_the_mail() {
 async fn a_hanging_server_times_out_and_is_retried() {
     let sink = SmtpSink::start(Mode::Hang).await;
     let app = app_with_sink(&sink, &[("EMAIL_TIMEOUT", "1")]).await;
-    let uuid = app
-        .notify(&json!({"to": "a@example.org", "subject": "s", "body": "b"}))
-        .await;
-    poll_until(Duration::from_secs(10), "a timed-out attempt", || async {
-        app.detail("notify", &uuid).await["retry_count"].as_i64() >= Some(1)
-    })
-    .await;
+    let uuid = mail_retried(&app, "a timed-out attempt").await;
     // While a send hangs, health still answers at once.
     let started = std::time::Instant::now();
     let _ = app.healthz().await;
@@ -163,12 +156,7 @@ async fn a_hanging_server_times_out_and_is_retried() {
 async fn a_slow_server_within_the_timeout_is_fine() {
     let sink = SmtpSink::start(Mode::Slow(Duration::from_millis(400))).await;
     let app = app_with_sink(&sink, &[("EMAIL_TIMEOUT", "5")]).await;
-    let uuid = app
-        .notify(&json!({"to": "a@example.org", "subject": "s", "body": "b"}))
-        .await;
-    let v = app
-        .wait_final("notify", &uuid, Duration::from_secs(20))
-        .await;
+    let v = send_mail(&app).await;
     assert_eq!(v["status"], "sent");
     assert!(attempts(&v)[0]["duration_ms"].as_i64().unwrap() >= 400);
     app.shutdown().await;
@@ -271,7 +259,7 @@ async fn losing_every_redis_key_while_messages_wait_delays_but_loses_nothing() {
     .await;
     // This test's keys are its whole Redis state: deleting them is what a
     // FLUSHALL or an empty restart does to this deployment.
-    let client = redis::Client::open(crate::support::redis_url()).unwrap();
+    let client = redis::Client::open(redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}:*", app.target.prefix))
@@ -304,12 +292,8 @@ async fn losing_every_redis_key_while_messages_wait_delays_but_loses_nothing() {
 async fn a_connection_the_server_closed_while_idle_costs_no_attempt() {
     let sink = SmtpSink::start(Mode::Accept).await;
     let app = app_with_sink(&sink, &[("MAILER_WORKERS", "1")]).await;
-    let first = app
-        .notify(&json!({"to": "a@example.org", "subject": "one", "body": "b"}))
-        .await;
-    let v = app
-        .wait_final("notify", &first, Duration::from_secs(10))
-        .await;
+    let first = json!({"to": "a@example.org", "subject": "one", "body": "b"});
+    let v = app.notify_and_wait(&first, Duration::from_secs(10)).await;
     assert_eq!(v["status"], "sent", "{v}");
     // The server drops every open connection and comes back.
     sink.down();
@@ -317,12 +301,8 @@ async fn a_connection_the_server_closed_while_idle_costs_no_attempt() {
     // The idle time is the condition under test: past it, the kept
     // connection is checked before it is used.
     tokio::time::sleep(email_service::smtp::PROBE_AFTER + Duration::from_millis(200)).await;
-    let second = app
-        .notify(&json!({"to": "a@example.org", "subject": "two", "body": "b"}))
-        .await;
-    let v = app
-        .wait_final("notify", &second, Duration::from_secs(10))
-        .await;
+    let second = json!({"to": "a@example.org", "subject": "two", "body": "b"});
+    let v = app.notify_and_wait(&second, Duration::from_secs(10)).await;
     assert_eq!(v["status"], "sent", "{v}");
     assert_eq!(
         attempts(&v).len(),

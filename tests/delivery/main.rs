@@ -3,8 +3,8 @@
 //! failures, exhausted retries, mailer crashes, lost Redis state, two
 //! instances, and each backend.
 
-#[path = "../support/mod.rs"]
-mod support;
+#[path = "../common/mod.rs"]
+mod common;
 
 mod backends;
 mod failures;

@@ -2,17 +2,13 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::smtp_sink::{Mode, SmtpSink};
-use crate::support::{Target, poll_until, spawn_app_on, spawn_app_with_sink};
+use crate::common::{Mode, SmtpSink, Target, TestApp, poll_until, spawn_app_with_sink};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_accepted_notification_is_delivered_exactly_once_with_its_message_id() {
     let sink = SmtpSink::start(Mode::Accept).await;
-    let app = spawn_app_with_sink(
-        &sink,
-        &[("DEFAULT_FROM_EMAIL", "Service <noreply@example.com>")],
-    )
-    .await;
+    let from = ("DEFAULT_FROM_EMAIL", "Service <noreply@example.com>");
+    let app = spawn_app_with_sink(&sink, &[from]).await;
 
     let mut uuids = Vec::new();
     for i in 0..40 {
@@ -86,15 +82,9 @@ async fn a_contact_message_goes_to_the_recipient_with_reply_to_the_sender() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_database_and_prefix_deliver_each_message_once() {
     let sink = SmtpSink::start(Mode::Accept).await;
-    let port = sink.addr.port().to_string();
-    let overrides = [
-        ("EMAIL_BACKEND", "smtp"),
-        ("EMAIL_HOST", "127.0.0.1"),
-        ("EMAIL_PORT", port.as_str()),
-    ];
     let target = Target::fresh();
-    let a = spawn_app_on(target.clone(), &overrides).await;
-    let b = spawn_app_on(target, &overrides).await;
+    let a = TestApp::builder().sink(&sink).target(&target).start().await;
+    let b = TestApp::builder().sink(&sink).target(&target).start().await;
 
     // Both instances accept and both deliver, at the same time.
     for i in 0..300 {
@@ -108,16 +98,10 @@ async fn two_instances_on_one_database_and_prefix_deliver_each_message_once() {
     .await;
     // Give a duplicate, if there were one, the time to arrive.
     poll_until(Duration::from_secs(10), "all rows sent", || async {
-        let db = a.db().await;
-        let n: i64 = db
-            .query_one(
-                "SELECT count(*) FROM notifications WHERE status = 'sent'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        n == 300
+        let sent: i64 = a
+            .scalar("SELECT count(*) FROM notifications WHERE status = 'sent'")
+            .await;
+        sent == 300
     })
     .await;
     let counts = sink.by_message_id();

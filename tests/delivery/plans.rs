@@ -8,13 +8,11 @@
 use email_service::domain::MessageKind;
 use email_service::store::{self, delivery};
 
-use crate::support::{self, spawn_app};
+use crate::common::{scalar, spawn_app};
 
 /// A connection configured exactly as the service's bookkeeping pool.
-async fn bookkeeping_client(database: &str) -> tokio_postgres::Client {
-    let config = store::bookkeeping_config(
-        store::pg_config(&support::database_url(database)).expect("valid url"),
-    );
+async fn bookkeeping_client(database_url: &str) -> tokio_postgres::Client {
+    let config = store::bookkeeping_config(store::pg_config(database_url).expect("valid url"));
     let (client, conn) = config
         .connect(tokio_postgres::NoTls)
         .await
@@ -23,13 +21,10 @@ async fn bookkeeping_client(database: &str) -> tokio_postgres::Client {
     client
 }
 
-/// A setting as the session sees it.
-async fn show(client: &tokio_postgres::Client, setting: &str) -> String {
-    client
-        .query_one(&format!("SHOW {setting}"), &[])
-        .await
-        .expect("show")
-        .get(0)
+/// Panics with `why` unless the session sees `setting` at `expected`.
+async fn assert_setting(client: &tokio_postgres::Client, setting: &str, expected: &str, why: &str) {
+    let value: String = scalar(client, &format!("SHOW {setting}")).await;
+    assert_eq!(value, expected, "{why}");
 }
 
 /// The statements under test: (prepared name, table, sql, arguments).
@@ -88,15 +83,17 @@ async fn assert_primary_key_plans(client: &tokio_postgres::Client, when: &str) {
 
 #[tokio::test]
 async fn claims_and_outcomes_stay_primary_key_lookups_as_the_backlog_grows() {
-    let app = spawn_app(&[]).await;
+    let app = spawn_app().await;
     // One connection for the whole test, as a pooled one lives: its plans
     // are made on the young tables and kept.
-    let client = bookkeeping_client(&app.target.database).await;
-    assert_eq!(
-        show(&client, "plan_cache_mode").await,
+    let client = bookkeeping_client(&app.database_url).await;
+    assert_setting(
+        &client,
+        "plan_cache_mode",
         "force_generic_plan",
-        "plans are not kept"
-    );
+        "plans are not kept",
+    )
+    .await;
     for (name, _, sql, _) in statements() {
         client
             .batch_execute(&format!("PREPARE {name} AS {sql}"))
@@ -129,12 +126,9 @@ async fn claims_and_outcomes_stay_primary_key_lookups_as_the_backlog_grows() {
 /// the WAL flush, like accepts.
 #[tokio::test]
 async fn bookkeeping_commits_are_synchronous() {
-    let app = spawn_app(&[]).await;
-    let client = bookkeeping_client(&app.target.database).await;
-    assert_eq!(
-        show(&client, "synchronous_commit").await,
-        "on",
-        "bookkeeping connections commit asynchronously"
-    );
+    let app = spawn_app().await;
+    let client = bookkeeping_client(&app.database_url).await;
+    let why = "bookkeeping connections commit asynchronously";
+    assert_setting(&client, "synchronous_commit", "on", why).await;
     app.shutdown().await;
 }

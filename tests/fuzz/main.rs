@@ -7,34 +7,73 @@
 //! `FUZZ_CASES` sets the number of generated cases per property (CI runs a
 //! short pass; run it longer by hand).
 
-#[path = "../support/mod.rs"]
-mod support;
-
-use std::sync::OnceLock;
+#[path = "../common/mod.rs"]
+mod common;
 
 use hyper::Method;
 use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
 use serde_json::{Map, Value, json};
 
-use support::{TestApp, spawn_app};
+use common::{TestApp, spawn_app};
 
-struct Shared {
-    rt: tokio::runtime::Runtime,
+/// An app and the runtime it runs on, for tests that proptest drives from
+/// a plain thread. Each test starts one for all its cases (one per case
+/// would test start-up), so that its counts are its own and its database
+/// is dropped when it ends.
+struct Server {
+    /// First, so that it is dropped before the runtime it runs on.
     app: TestApp,
+    rt: tokio::runtime::Runtime,
 }
 
-/// One app for every case: starting an app per case would test start-up.
-fn shared() -> &'static Shared {
-    static SHARED: OnceLock<Shared> = OnceLock::new();
-    SHARED.get_or_init(|| {
+impl Server {
+    fn start() -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let app = rt.block_on(spawn_app(&[]));
-        Shared { rt, app }
-    })
+        let app = rt.block_on(spawn_app());
+        Self { app, rt }
+    }
+
+    fn stop(self) {
+        let Self { app, rt } = self;
+        rt.block_on(app.shutdown());
+    }
+
+    /// Posts `body` and checks the invariant; returns the status.
+    fn post(&self, path: &str, content_type: &str, body: Vec<u8>) -> u16 {
+        let r = self.rt.block_on(self.app.send(
+            Method::POST,
+            path,
+            &[("content-type", content_type)],
+            body.clone(),
+        ));
+        assert!(
+            r.status == 202 || (400..500).contains(&r.status),
+            "{path} answered {} to {:?}: {}",
+            r.status,
+            String::from_utf8_lossy(&body),
+            String::from_utf8_lossy(&r.body)
+        );
+        let v: Value = serde_json::from_slice(&r.body).expect("a JSON body");
+        if r.status != 202 {
+            assert!(
+                v.get("errors").is_some() || v.get("detail").is_some(),
+                "a 4xx names the problem: {v}"
+            );
+        }
+        r.status
+    }
+
+    fn stored_rows(&self) -> u64 {
+        let n: i64 = self.rt.block_on(self.app.scalar(
+            "SELECT (SELECT count(*) FROM contact_messages) + (SELECT count(*) FROM notifications)",
+        ));
+        n as u64
+    }
 }
 
 fn cases() -> u32 {
@@ -44,56 +83,34 @@ fn cases() -> u32 {
         .unwrap_or(200)
 }
 
-/// Posts `body` to the shared app and checks the invariant; returns the
-/// status.
-fn post(path: &str, content_type: &str, body: Vec<u8>) -> u16 {
-    let s = shared();
-    post_to(&s.rt, &s.app, path, content_type, body)
-}
-
-fn post_to(
-    rt: &tokio::runtime::Runtime,
-    app: &TestApp,
-    path: &str,
-    content_type: &str,
-    body: Vec<u8>,
-) -> u16 {
-    let r = rt.block_on(app.request(
-        Method::POST,
-        path,
-        &[("content-type", content_type)],
-        body.clone(),
-    ));
-    assert!(
-        r.status == 202 || (400..500).contains(&r.status),
-        "{path} answered {} to {:?}: {}",
-        r.status,
-        String::from_utf8_lossy(&body),
-        String::from_utf8_lossy(&r.body)
-    );
-    let v: Value = serde_json::from_slice(&r.body).expect("a JSON body");
-    if r.status != 202 {
-        assert!(
-            v.get("errors").is_some() || v.get("detail").is_some(),
-            "a 4xx names the problem: {v}"
-        );
+/// Runs `case` on every value of `strategy` against one server of its own,
+/// shrinking a failure to its smallest input as `proptest!` would.
+fn check<S>(strategy: S, case: impl Fn(&Server, S::Value))
+where
+    S: Strategy,
+    S::Value: std::fmt::Debug,
+{
+    let server = Server::start();
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    if let Err(e) = runner.run(&strategy, |v| {
+        case(&server, v);
+        Ok(())
+    }) {
+        panic!("{e}");
     }
-    r.status
+    server.stop();
 }
 
-fn stored_rows(rt: &tokio::runtime::Runtime, app: &TestApp) -> u64 {
-    rt.block_on(async {
-        let db = app.db().await;
-        let n: i64 = db
-            .query_one(
-                "SELECT (SELECT count(*) FROM contact_messages) + (SELECT count(*) FROM notifications)",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        n as u64
-    })
+fn endpoint(contact: bool) -> &'static str {
+    if contact {
+        "/api/contact/"
+    } else {
+        "/api/notify/"
+    }
 }
 
 fn any_json() -> impl Strategy<Value = Value> {
@@ -148,26 +165,28 @@ fn mutated_body() -> impl Strategy<Value = (bool, Value)> {
         })
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+#[test]
+fn arbitrary_bytes_never_yield_a_5xx() {
+    let bytes = (prop::collection::vec(any::<u8>(), 0..2048), any::<bool>());
+    check(bytes, |server, (bytes, contact)| {
+        server.post(endpoint(contact), "application/json", bytes);
+    });
+}
 
-    #[test]
-    fn arbitrary_bytes_never_yield_a_5xx(bytes in prop::collection::vec(any::<u8>(), 0..2048), contact in any::<bool>()) {
-        let path = if contact { "/api/contact/" } else { "/api/notify/" };
-        post(path, "application/json", bytes);
-    }
+#[test]
+fn arbitrary_json_never_yields_a_5xx() {
+    check((any_json(), any::<bool>()), |server, (v, contact)| {
+        let body = serde_json::to_vec(&v).unwrap();
+        server.post(endpoint(contact), "application/json", body);
+    });
+}
 
-    #[test]
-    fn arbitrary_json_never_yields_a_5xx(v in any_json(), contact in any::<bool>()) {
-        let path = if contact { "/api/contact/" } else { "/api/notify/" };
-        post(path, "application/json", serde_json::to_vec(&v).unwrap());
-    }
-
-    #[test]
-    fn mutated_valid_bodies_are_accepted_or_refused_cleanly((contact, v) in mutated_body()) {
-        let path = if contact { "/api/contact/" } else { "/api/notify/" };
-        post(path, "application/json; charset=utf-8", serde_json::to_vec(&v).unwrap());
-    }
+#[test]
+fn mutated_valid_bodies_are_accepted_or_refused_cleanly() {
+    check(mutated_body(), |server, (contact, v)| {
+        let body = serde_json::to_vec(&v).unwrap();
+        server.post(endpoint(contact), "application/json; charset=utf-8", body);
+    });
 }
 
 #[test]
@@ -179,33 +198,32 @@ fn the_seed_corpus_never_yields_a_5xx_and_refusals_store_nothing() {
         .collect();
     seeds.sort();
     assert!(seeds.len() >= 10, "corpus at {}", dir.display());
-    // Its own app, so that the counts are this test's alone.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let app = rt.block_on(spawn_app(&[]));
+    let server = Server::start();
     let mut accepted = 0;
     for seed in &seeds {
         let body = std::fs::read(seed).unwrap();
         for path in ["/api/contact/", "/api/notify/"] {
-            if post_to(&rt, &app, path, "application/json", body.clone()) == 202 {
+            if server.post(path, "application/json", body.clone()) == 202 {
                 accepted += 1;
             }
         }
     }
     // Only the valid notification (and the duplicate-keys one, whose last
     // key wins as in Django) may be stored.
-    assert_eq!(stored_rows(&rt, &app), accepted);
+    assert_eq!(server.stored_rows(), accepted);
     assert!(accepted <= 2, "{accepted} seeds accepted");
+    server.stop();
 }
 
 #[test]
 fn oversized_and_chunked_bodies_are_refused_with_413() {
-    let s = shared();
+    let s = Server::start();
     let big = format!(
         "{{\"to\":\"a@b.co\",\"subject\":\"x\",\"body\":\"{}\"}}",
         "x".repeat(70_000)
     );
     assert_eq!(
-        post("/api/notify/", "application/json", big.into_bytes()),
+        s.post("/api/notify/", "application/json", big.into_bytes()),
         413
     );
     // Chunked: no Content-Length; the limit applies to what arrives.
@@ -226,4 +244,5 @@ fn oversized_and_chunked_bodies_are_refused_with_413() {
         let text = String::from_utf8_lossy(&out);
         assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     });
+    s.stop();
 }

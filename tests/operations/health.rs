@@ -3,17 +3,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::smtp_sink::{Mode, SmtpSink};
-use crate::support::{poll_until, spawn_app};
+use crate::common::{
+    Mode, SmtpSink, TestApp, free_port, poll_until, scalar, spawn_app_with, spawn_app_with_sink,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_reports_every_actor_and_metrics_count_the_work() {
-    let app = spawn_app(&[("MAILER_WORKERS", "3")]).await;
-    let uuid = app
-        .notify(&json!({"to": "a@example.org", "subject": "s", "body": "b"}))
-        .await;
-    app.wait_final("notify", &uuid, Duration::from_secs(20))
-        .await;
+    let app = spawn_app_with(&[("MAILER_WORKERS", "3")]).await;
+    let mail = json!({"to": "a@example.org", "subject": "s", "body": "b"});
+    app.notify_and_wait(&mail, Duration::from_secs(20)).await;
 
     let r = app.healthz().await;
     assert_eq!(r.status, 200);
@@ -64,6 +62,30 @@ async fn healthz_reports_every_actor_and_metrics_count_the_work() {
     app.shutdown().await;
 }
 
+/// Posts five notifications (subjects `{tag}0` to `{tag}4`); returns their
+/// uuids.
+async fn post_five(app: &TestApp, tag: &str) -> Vec<String> {
+    let mut uuids = Vec::new();
+    for i in 0..5 {
+        let subject = format!("{tag}{i}");
+        uuids.push(
+            app.notify(&json!({"to": "a@example.org", "subject": subject, "body": "b"}))
+                .await,
+        );
+    }
+    uuids
+}
+
+/// Each message is sent within 15 s: mail flows at the normal pace.
+async fn assert_all_sent(app: &TestApp, uuids: &[String]) {
+    for uuid in uuids {
+        let v = app
+            .wait_final("notify", uuid, Duration::from_secs(15))
+            .await;
+        assert_eq!(v["status"], "sent", "{v}");
+    }
+}
+
 /// A private Redis that the test can kill and restart on the same port.
 struct PrivateRedis {
     port: u16,
@@ -111,28 +133,13 @@ impl Drop for PrivateRedis {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_dying_turns_health_to_503_in_time_and_a_restart_recovers_everything() {
     let port = free_port();
     let mut redis = PrivateRedis::start(port);
     let sink = SmtpSink::start(Mode::Accept).await;
     let redis_url = format!("redis://127.0.0.1:{port}/");
-    let sink_port = sink.addr.port().to_string();
-    let app = spawn_app(&[
-        ("REDIS_URL", &redis_url),
-        ("EMAIL_BACKEND", "smtp"),
-        ("EMAIL_HOST", "127.0.0.1"),
-        ("EMAIL_PORT", &sink_port),
-    ])
-    .await;
+    let app = spawn_app_with_sink(&sink, &[("REDIS_URL", &redis_url)]).await;
     assert_eq!(app.healthz().await.status, 200);
 
     redis.kill();
@@ -152,13 +159,7 @@ async fn redis_dying_turns_health_to_503_in_time_and_a_restart_recovers_everythi
     assert_eq!(h["checks"]["database"], "ok");
 
     // Accepting still works: PostgreSQL is the truth.
-    let mut uuids = Vec::new();
-    for i in 0..5 {
-        uuids.push(
-            app.notify(&json!({"to": "a@example.org", "subject": format!("w{i}"), "body": "b"}))
-                .await,
-        );
-    }
+    let mut uuids = post_five(&app, "w").await;
     // An outage of a few seconds: long enough for reads to fail and time
     // out on the client side, which once wedged the read loop.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -170,18 +171,8 @@ async fn redis_dying_turns_health_to_503_in_time_and_a_restart_recovers_everythi
     .await;
     // Mail accepted after the outage flows at the normal pace again (a
     // broken read loop once left it queued until a restart).
-    for i in 0..5 {
-        uuids.push(
-            app.notify(&json!({"to": "a@example.org", "subject": format!("a{i}"), "body": "b"}))
-                .await,
-        );
-    }
-    for uuid in &uuids {
-        let v = app
-            .wait_final("notify", uuid, Duration::from_secs(15))
-            .await;
-        assert_eq!(v["status"], "sent", "{v}");
-    }
+    uuids.extend(post_five(&app, "a").await);
+    assert_all_sent(&app, &uuids).await;
     assert_eq!(sink.by_message_id().len(), 10);
     app.shutdown().await;
 }
@@ -191,7 +182,7 @@ async fn healthz_answers_within_two_seconds_while_redis_hangs() {
     let port = free_port();
     let redis = PrivateRedis::start(port);
     let redis_url = format!("redis://127.0.0.1:{port}/");
-    let app = spawn_app(&[("REDIS_URL", &redis_url)]).await;
+    let app = spawn_app_with(&[("REDIS_URL", &redis_url)]).await;
     assert_eq!(app.healthz().await.status, 200);
     let pid = redis.child.as_ref().unwrap().id().to_string();
     Command::new("kill").args(["-STOP", &pid]).status().unwrap();
@@ -224,33 +215,15 @@ async fn healthz_answers_within_two_seconds_while_redis_hangs() {
     .await;
     // Reads that timed out while Redis hung must not wedge the read loop:
     // new mail is delivered at the normal pace.
-    let mut uuids = Vec::new();
-    for i in 0..5 {
-        uuids.push(
-            app.notify(&json!({"to": "a@example.org", "subject": format!("h{i}"), "body": "b"}))
-                .await,
-        );
-    }
-    for uuid in &uuids {
-        let v = app
-            .wait_final("notify", uuid, Duration::from_secs(15))
-            .await;
-        assert_eq!(v["status"], "sent", "{v}");
-    }
+    let uuids = post_five(&app, "h").await;
+    assert_all_sent(&app, &uuids).await;
     app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_waits_for_a_send_in_flight_and_records_it() {
     let sink = SmtpSink::start(Mode::Slow(Duration::from_millis(1500))).await;
-    let sink_port = sink.addr.port().to_string();
-    let app = spawn_app(&[
-        ("EMAIL_BACKEND", "smtp"),
-        ("EMAIL_HOST", "127.0.0.1"),
-        ("EMAIL_PORT", &sink_port),
-        ("SHUTDOWN_TIMEOUT", "10"),
-    ])
-    .await;
+    let app = spawn_app_with_sink(&sink, &[("SHUTDOWN_TIMEOUT", "10")]).await;
     let uuid = app
         .notify(&json!({"to": "a@example.org", "subject": "s", "body": "b"}))
         .await;
@@ -262,17 +235,6 @@ async fn shutdown_waits_for_a_send_in_flight_and_records_it() {
     app.shutdown().await;
     // The drain let the send finish and recorded it before stopping.
     assert_eq!(sink.received().len(), 1);
-    let (db, conn) = tokio_postgres::connect(
-        &crate::support::database_url(&target.database),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    let status: String = db
-        .query_one("SELECT status FROM notifications", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let status: String = scalar(&target.db().await, "SELECT status FROM notifications").await;
     assert_eq!(status, "sent");
 }

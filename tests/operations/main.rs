@@ -2,8 +2,8 @@
 //! a truthful /healthz (including a Redis that dies and comes back), and the
 //! drain on shutdown.
 
-#[path = "../support/mod.rs"]
-mod support;
+#[path = "../common/mod.rs"]
+mod common;
 
 mod access;
 mod health;

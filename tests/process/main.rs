@@ -3,42 +3,27 @@
 //! lines without secrets, a panic is one JSON line, and a database that is
 //! down at start is waited for while `/livez` answers.
 
-#[path = "../support/mod.rs"]
-mod support;
+#[path = "../common/mod.rs"]
+mod common;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use support::process::{ServiceProcess, http};
-use support::smtp_sink::{Mode, SmtpSink};
-use support::{Target, database_url, poll_until, redis_url};
+use common::process::{ServiceProcess, http};
+use common::{Mode, SmtpSink, Target, TestApp, free_port, poll_until};
 
-fn env_for<'a>(target: &'a Target, db: &'a str, sink_port: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("DATABASE_URL", db),
-        ("REDIS_KEY_PREFIX", target.prefix.as_str()),
-        ("EMAIL_BACKEND", "smtp"),
-        ("EMAIL_HOST", "127.0.0.1"),
-        ("EMAIL_PORT", sink_port),
-        ("EMAIL_RETRY_BASE_DELAY_MS", "200"),
-        ("EMAIL_RETRY_BACKOFF_FACTOR", "2"),
-    ]
-}
-
-fn wait_ready(p: &ServiceProcess) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = http(p.addr, "GET", "/healthz", None);
-        // Ready to accept: the schema is in place (Redis or the mailers
-        // may still be warming up without that mattering to these tests).
-        if body.contains("\"schema_ready\":true") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not ready: {status} {body}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// The binary on `target`, sending through `sink`, retrying after 200 ms
+/// and then twice as long each time, with `env` on top; once it is ready.
+fn service(sink: &SmtpSink, target: &Target, env: &[(&str, &str)]) -> ServiceProcess {
+    TestApp::builder()
+        .target(target)
+        .sink(sink)
+        .env("EMAIL_RETRY_BASE_DELAY_MS", "200")
+        .env("EMAIL_RETRY_BACKOFF_FACTOR", "2")
+        .envs(env)
+        .process()
 }
 
 fn post_notify(p: &ServiceProcess, subject: &str) -> Option<String> {
@@ -52,17 +37,9 @@ fn post_notify(p: &ServiceProcess, subject: &str) -> Option<String> {
     })
 }
 
-async fn db(target: &Target) -> tokio_postgres::Client {
-    let (client, conn) =
-        tokio_postgres::connect(&database_url(&target.database), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    client
-}
-
 async fn statuses(target: &Target) -> Vec<(String, String)> {
-    db(target)
+    target
+        .db()
         .await
         .query("SELECT uuid::text, status FROM notifications", &[])
         .await
@@ -80,18 +57,11 @@ async fn statuses(target: &Target) -> Vec<(String, String)> {
 async fn drain_with_sends_in_flight(signal: &str) -> (SmtpSink, Target, Vec<String>) {
     let sink = SmtpSink::start(Mode::Slow(Duration::from_millis(1500))).await;
     let target = Target::fresh();
-    let db_url = database_url(&target.database);
-    let port = sink.addr.port().to_string();
-    let redis = redis_url();
-    let mut env = env_for(&target, &db_url, &port);
-    env.extend([
-        ("REDIS_URL", redis.as_str()),
-        ("MAILER_WORKERS", "2"),
-        ("SHUTDOWN_TIMEOUT", "10"),
-    ]);
-
-    let mut p = ServiceProcess::start(&env);
-    wait_ready(&p);
+    let mut p = service(
+        &sink,
+        &target,
+        &[("MAILER_WORKERS", "2"), ("SHUTDOWN_TIMEOUT", "10")],
+    );
     let uuids: Vec<String> = (0..6)
         .map(|i| post_notify(&p, &format!("t{i}")).unwrap())
         .collect();
@@ -119,13 +89,8 @@ async fn drain_with_sends_in_flight(signal: &str) -> (SmtpSink, Target, Vec<Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_with_sends_in_flight_exits_0_and_nothing_is_lost_after_restart() {
     let (sink, target, uuids) = drain_with_sends_in_flight("TERM").await;
-    let db_url = database_url(&target.database);
-    let port = sink.addr.port().to_string();
-    let redis = redis_url();
-    let mut env = env_for(&target, &db_url, &port);
-    env.push(("REDIS_URL", redis.as_str()));
     sink.set_mode(Mode::Accept);
-    let p2 = ServiceProcess::start(&env);
+    let p2 = service(&sink, &target, &[]);
     poll_until(
         Duration::from_secs(30),
         "all sent after restart",
@@ -145,17 +110,11 @@ async fn sigterm_with_sends_in_flight_exits_0_and_nothing_is_lost_after_restart(
 async fn a_second_signal_exits_at_once() {
     let sink = SmtpSink::start(Mode::Hang).await;
     let target = Target::fresh();
-    let db_url = database_url(&target.database);
-    let port = sink.addr.port().to_string();
-    let redis = redis_url();
-    let mut env = env_for(&target, &db_url, &port);
-    env.extend([
-        ("REDIS_URL", redis.as_str()),
-        ("EMAIL_TIMEOUT", "60"),
-        ("SHUTDOWN_TIMEOUT", "60"),
-    ]);
-    let mut p = ServiceProcess::start(&env);
-    wait_ready(&p);
+    let mut p = service(
+        &sink,
+        &target,
+        &[("EMAIL_TIMEOUT", "60"), ("SHUTDOWN_TIMEOUT", "60")],
+    );
     post_notify(&p, "hang").unwrap();
     poll_until(Duration::from_secs(10), "a send in flight", || async {
         statuses(&target).await.iter().any(|(_, s)| s == "sending")
@@ -173,15 +132,10 @@ async fn a_second_signal_exits_at_once() {
 async fn kill_9_during_a_burst_loses_no_accepted_message() {
     let sink = SmtpSink::start(Mode::Slow(Duration::from_millis(30))).await;
     let target = Target::fresh();
-    let db_url = database_url(&target.database);
-    let port = sink.addr.port().to_string();
-    let redis = redis_url();
-    let mut env = env_for(&target, &db_url, &port);
     // A short SMTP timeout makes the lease (2 × timeout + 20 s) shorter.
-    env.extend([("REDIS_URL", redis.as_str()), ("EMAIL_TIMEOUT", "1")]);
+    let start = || service(&sink, &target, &[("EMAIL_TIMEOUT", "1")]);
 
-    let mut p = ServiceProcess::start(&env);
-    wait_ready(&p);
+    let mut p = start();
     let addr = p.addr;
     // Accept from a thread while the main thread kills the process.
     let poster = std::thread::spawn(move || {
@@ -210,7 +164,7 @@ async fn kill_9_during_a_burst_loses_no_accepted_message() {
     let accepted = poster.join().unwrap();
     assert!(accepted.len() >= 30, "accepted {}", accepted.len());
 
-    let p2 = ServiceProcess::start(&env);
+    let p2 = start();
     // Bound: the lease of the sends cut by the kill (3 × EMAIL_TIMEOUT +
     // 60 s = 63 s) plus the reconcile interval, with room for a busy machine.
     poll_until(
@@ -246,18 +200,18 @@ async fn logs_are_json_lines_with_request_and_attempt_fields_and_no_secrets() {
     let sink = SmtpSink::start(Mode::Accept).await;
     let target = Target::fresh();
     // Trust authentication ignores the password, so it can be a marker.
-    let db_url =
-        database_url(&target.database).replacen("postgres@", "postgres:db-pass-marker@", 1);
-    let port = sink.addr.port().to_string();
-    let redis = redis_url();
-    let mut env = env_for(&target, &db_url, &port);
-    env.extend([
-        ("REDIS_URL", redis.as_str()),
-        ("EMAIL_HOST_PASSWORD", "smtp-pass-marker"),
-        ("API_TOKEN", "token-marker"),
-    ]);
-    let p = ServiceProcess::start(&env);
-    wait_ready(&p);
+    let db_url = target
+        .database_url()
+        .replacen("postgres@", "postgres:db-pass-marker@", 1);
+    let p = service(
+        &sink,
+        &target,
+        &[
+            ("DATABASE_URL", &db_url),
+            ("EMAIL_HOST_PASSWORD", "smtp-pass-marker"),
+            ("API_TOKEN", "token-marker"),
+        ],
+    );
     {
         use std::io::{Read, Write};
         let body =
@@ -322,23 +276,15 @@ async fn logs_are_json_lines_with_request_and_attempt_fields_and_no_secrets() {
 #[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_panic_is_logged_as_one_json_line_and_the_service_goes_on() {
-    let target = Target::fresh();
-    let db_url = database_url(&target.database);
-    let redis = redis_url();
-    let env = [
-        ("DATABASE_URL", db_url.as_str()),
-        ("REDIS_URL", redis.as_str()),
-        ("REDIS_KEY_PREFIX", target.prefix.as_str()),
-        ("EMAIL_RETRY_BASE_DELAY_MS", "100"),
-    ];
-    let p = ServiceProcess::start(&env);
-    wait_ready(&p);
+    let p = TestApp::builder()
+        .env("EMAIL_RETRY_BASE_DELAY_MS", "100")
+        .process();
     let body = format!("crash {}", email_service::faults::MAILER_PANIC);
     let payload = json!({"to": "a@example.org", "subject": "s", "body": body}).to_string();
     let (status, _) = http(p.addr, "POST", "/api/notify/", Some(&payload));
     assert_eq!(status, 202);
     poll_until(Duration::from_secs(20), "the retry to be sent", || async {
-        statuses(&target).await.iter().all(|(_, s)| s == "sent")
+        statuses(&p.target).await.iter().all(|(_, s)| s == "sent")
     })
     .await;
     let panic_line = p
@@ -358,19 +304,11 @@ async fn a_panic_is_logged_as_one_json_line_and_the_service_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_the_database_down_at_start_livez_answers_and_healthz_says_why() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = free_port();
     let db_url = format!("postgres://postgres@127.0.0.1:{closed}/nowhere");
-    let redis = redis_url();
-    let target = Target::fresh();
-    let p = ServiceProcess::start(&[
-        ("DATABASE_URL", db_url.as_str()),
-        ("REDIS_URL", redis.as_str()),
-        ("REDIS_KEY_PREFIX", target.prefix.as_str()),
-    ]);
+    let p = TestApp::builder()
+        .env("DATABASE_URL", &db_url)
+        .process_unready();
     assert_eq!(http(p.addr, "GET", "/livez", None).0, 200);
     let (status, body) = http(p.addr, "GET", "/healthz", None);
     assert_eq!(status, 503);

@@ -1,6 +1,6 @@
 //! The real `email-service` binary as a child process, for what one process
 //! cannot test about itself: signals, `kill -9`, log lines on stdout, exit
-//! codes.
+//! codes. Started by [`AppBuilder::process`](super::AppBuilder::process).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -10,30 +10,40 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::db::Target;
+
+/// The binary with no environment but `PATH` (so that only what a test sets
+/// counts), its output piped.
+pub fn command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_email-service"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 pub struct ServiceProcess {
     child: Child,
     pub addr: SocketAddr,
     lines: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// Where it keeps its state. `Drop` kills the process before this goes
+    /// (with the database, when this is its last holder).
+    pub target: Target,
 }
 
 impl ServiceProcess {
-    /// Starts the binary with exactly `env` (plus PATH), listening on a free
-    /// port, and waits for its "listening" log line.
-    pub fn start(env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_email-service"));
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOST", "127.0.0.1")
+    /// Starts the binary with `env`, listening on a free port, and waits for
+    /// its "listening" log line.
+    pub(super) fn start(env: &[(String, String)], target: Target) -> Self {
+        let mut cmd = command();
+        cmd.env("HOST", "127.0.0.1")
             .env("PORT", "0")
             .env("LOG_FORMAT", "json")
             .current_dir(std::env::temp_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+            .envs(env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().expect("start email-service");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
@@ -65,6 +75,21 @@ impl ServiceProcess {
             addr,
             lines,
             stderr,
+            target,
+        }
+    }
+
+    /// Waits until `/healthz` reports the schema in place (Redis or the
+    /// mailers may still be warming up).
+    pub(super) fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = http(self.addr, "GET", "/healthz", None);
+            if body.contains("\"schema_ready\":true") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not ready: {status} {body}");
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
