@@ -14,6 +14,8 @@
 //!   request (`conn`);
 //! - of several dispatchers exactly one claims a due message, and only the
 //!   holder of a claim records its outcome (`delivery`);
+//! - work a stopped sender left is taken back, never from a live one, and
+//!   work Redis forgot is found again (`recovery`);
 //! - the schema is created and migrated once, even by instances starting
 //!   together (`migrate`).
 
@@ -24,6 +26,7 @@ mod error;
 pub mod migrate;
 mod pool;
 mod read;
+pub mod recovery;
 
 pub use accept::{AcceptOutcome, AcceptRequest, accept, accept_batch, purge_expired_keys};
 pub use conn::{Pool, checkout};

@@ -8,40 +8,15 @@
 //! a map instead of mutating the process environment.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// A value that must never be printed: `Debug` and `Display` show `***`.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
+mod secret;
+mod vars;
 
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+pub use secret::Secret;
+use vars::Vars;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EmailBackend {
@@ -287,74 +262,6 @@ impl Config {
                 Ok(c)
             }
         })
-    }
-}
-
-/// A reader's name for a type: "u16", "IpAddr", "f64" (not the full path).
-fn kind_of<T>() -> &'static str {
-    let name = std::any::type_name::<T>();
-    match name.rsplit("::").next().unwrap_or(name) {
-        "IpAddr" => "an IP address",
-        "u16" | "u32" | "u64" | "usize" => "a whole number",
-        "f64" => "a number",
-        other => other,
-    }
-}
-
-struct Vars<'a> {
-    get: &'a dyn Fn(&str) -> Option<String>,
-}
-
-impl Vars<'_> {
-    /// A variable set to the empty string counts as unset, as in Django's
-    /// `os.environ.get(...) or default` idiom.
-    fn opt(&self, name: &str) -> Option<String> {
-        (self.get)(name).filter(|v| !v.trim().is_empty())
-    }
-
-    fn string(&self, name: &str, default: &str) -> String {
-        self.opt(name).unwrap_or_else(|| default.to_owned())
-    }
-
-    fn parse<T: std::str::FromStr>(
-        &self,
-        name: &'static str,
-        default: T,
-    ) -> Result<T, ConfigError> {
-        match self.opt(name) {
-            None => Ok(default),
-            Some(raw) => raw
-                .trim()
-                .parse()
-                .map_err(|_| self.error(name, &raw, &format!("expected {}", kind_of::<T>()))),
-        }
-    }
-
-    fn bool(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
-        match self.opt(name) {
-            None => Ok(default),
-            Some(raw) => match raw.trim().to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => Ok(true),
-                "0" | "false" | "no" | "off" => Ok(false),
-                _ => Err(self.error(name, &raw, "expected true or false")),
-            },
-        }
-    }
-
-    /// An address such as `noreply@example.com` or `Blog <noreply@example.com>`.
-    fn mailbox(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
-        let raw = self.string(name, default);
-        raw.parse::<lettre::message::Mailbox>()
-            .map(|_| raw.clone())
-            .map_err(|_| self.error(name, &raw, "not a valid email address"))
-    }
-
-    fn error(&self, variable: &'static str, value: &str, reason: &str) -> ConfigError {
-        ConfigError {
-            variable,
-            value: value.to_owned(),
-            reason: reason.to_owned(),
-        }
     }
 }
 
