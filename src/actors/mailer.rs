@@ -93,6 +93,8 @@ impl Actor for Mailer {
             MailerMsg::Deliver(job) => {
                 #[cfg(feature = "fault-injection")]
                 crate::faults::before_send(&job);
+                #[cfg(feature = "fault-injection")]
+                crate::faults::stall(&job).await;
                 if state.sending.is_some() {
                     state.queued.push_back(*job);
                 } else {

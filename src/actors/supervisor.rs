@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 
+use super::dispatcher::ledger::ClaimLedger;
 use super::dispatcher::{Dispatcher, DispatcherArgs};
 use super::mailer::{Mailer, MailerArgs, MailerStats};
 use super::persistence::{Persistence, PersistenceArgs, PersistenceMsg};
@@ -67,6 +68,8 @@ pub struct SupervisorState {
     backend: Backend,
     schema_ready: Arc<AtomicBool>,
     mailer_stats: Vec<Arc<MailerStats>>,
+    /// What a dispatcher owes the database, kept across its restarts.
+    claim_ledger: Arc<ClaimLedger>,
     ingress: Option<ActorRef<IngressMsg>>,
     persistence: Option<ActorRef<PersistenceMsg>>,
     dispatcher: Option<ActorRef<DispatcherMsg>>,
@@ -159,6 +162,7 @@ impl SupervisorState {
                     registry: self.registry.clone(),
                     queue: self.queue.clone(),
                     mailers: self.mailers.len(),
+                    ledger: self.claim_ledger.clone(),
                 };
                 let (actor, _) =
                     Actor::spawn_linked(None, Dispatcher, args, myself.get_cell()).await?;
@@ -210,6 +214,7 @@ impl Actor for Supervisor {
             backend: args.backend,
             schema_ready: Arc::new(AtomicBool::new(false)),
             mailer_stats: (0..workers).map(|_| Arc::default()).collect(),
+            claim_ledger: Arc::default(),
             ingress: None,
             persistence: None,
             dispatcher: None,

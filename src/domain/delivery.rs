@@ -121,7 +121,7 @@ impl Reclaimed {
 }
 
 /// Which claim of which message: what releasing a claim needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClaimRef {
     pub kind: MessageKind,
     pub id: i64,

@@ -7,6 +7,9 @@
 mod common;
 
 mod backends;
+mod crashes;
 mod failures;
+mod leases;
 mod normal;
 mod plans;
+mod recovery;

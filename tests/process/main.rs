@@ -166,7 +166,8 @@ async fn kill_9_during_a_burst_loses_no_accepted_message() {
 
     let p2 = start();
     // Bound: the lease of the sends cut by the kill (3 × EMAIL_TIMEOUT +
-    // 60 s = 63 s) plus the reconcile interval, with room for a busy machine.
+    // 60 s = 63 s), the reclaim grace (10 s) and the reconcile interval,
+    // with room for a busy machine.
     poll_until(
         Duration::from_secs(150),
         "every accepted message to finish",
@@ -192,6 +193,23 @@ async fn kill_9_during_a_burst_loses_no_accepted_message() {
     assert_eq!(counts.len(), s.len());
     // Only a send in flight at the kill may repeat: at most one per mailer.
     assert!(duplicates <= 4, "{duplicates} duplicates");
+    // Every lease taken back from the killed process is an attempt, and
+    // every attempt logs its line.
+    let crashes: i64 = common::scalar(
+        &target.db().await,
+        "SELECT count(*) FROM delivery_attempts WHERE outcome = 'crash'",
+    )
+    .await;
+    let logged = p2
+        .stdout_lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "delivery attempt" && v["outcome"] == "crash")
+        .count();
+    assert_eq!(
+        logged as i64, crashes,
+        "each reclaimed attempt logs one line"
+    );
     drop(p2);
 }
 
@@ -325,6 +343,34 @@ async fn with_the_database_down_at_start_livez_answers_and_healthz_says_why() {
     let (status, body) = http(p.addr, "POST", "/api/notify/", Some(&post));
     assert_eq!(status, 503, "{body}");
     assert!(started.elapsed() < Duration::from_secs(4));
+    // The body is a fixed sentence and the request id; the reason is in
+    // the log line, under that id.
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let request_id = answer["request_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a 503 names its request id: {body}"))
+        .to_owned();
+    for leak in ["refused", "schema", "postgres", "5432", "nowhere"] {
+        assert!(
+            !body.to_lowercase().contains(leak),
+            "the 503 body shows the database's error ({leak}): {body}"
+        );
+    }
+    poll_until(
+        Duration::from_secs(10),
+        "the 503's reason logged under its request id",
+        || async {
+            p.stdout_lines()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|v| {
+                    v["message"] == "answering 503"
+                        && v["request_id"] == request_id.as_str()
+                        && v["reason"].as_str().is_some_and(|r| !r.is_empty())
+                })
+        },
+    )
+    .await;
     poll_until(Duration::from_secs(10), "a retry log line", || async {
         p.stdout_lines()
             .iter()

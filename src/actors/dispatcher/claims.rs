@@ -47,6 +47,8 @@ pub enum ReleaseReason {
     WaitedTooLong,
     /// The dispatcher is draining: nothing new is started.
     Draining,
+    /// The dispatcher that claimed them stopped (it crashed).
+    Orphaned,
 }
 
 impl ReleaseReason {
@@ -55,6 +57,7 @@ impl ReleaseReason {
             Self::ClaimLost => "the claim's answer was lost",
             Self::WaitedTooLong => "it waited too long for a mailer",
             Self::Draining => "shutting down before it was started",
+            Self::Orphaned => "the dispatcher that claimed it stopped",
         }
     }
 }
@@ -66,6 +69,13 @@ impl DispatcherState {
         let persistence = self.registry.persistence();
         let lease = slots::lease_duration(&self.config);
         let token = Uuid::new_v4();
+        // Owed from now on: if this dispatcher dies before the answer, its
+        // successor gives back whatever the claim took.
+        self.ledger.hold(jobs.iter().map(|&(kind, id)| ClaimRef {
+            kind,
+            id,
+            lease_token: token,
+        }));
         let metrics = self.metrics.clone();
         let me = myself.clone();
         tokio::spawn(async move {
@@ -131,7 +141,16 @@ impl DispatcherState {
                     self.waiting
                         .push_back(InFlight::new(Some(entry.stream_id), job));
                 }
-                None => done.push(entry.stream_id),
+                None => {
+                    if let Some((kind, id)) = entry.job {
+                        self.ledger.settle(&ClaimRef {
+                            kind,
+                            id,
+                            lease_token: token,
+                        });
+                    }
+                    done.push(entry.stream_id);
+                }
             }
         }
         self.ack_later(done);
@@ -188,6 +207,7 @@ impl DispatcherState {
                     .cast(MailerMsg::Deliver(Box::new(flight.job.clone())))
                     .is_ok() =>
             {
+                self.ledger.settle(&flight.job.claim_ref());
                 self.slots[i].job = Some(InFlight {
                     started: tokio::time::Instant::now(),
                     ..flight
@@ -214,6 +234,9 @@ impl DispatcherState {
     ) {
         if refs.is_empty() {
             return;
+        }
+        for r in &refs {
+            self.ledger.settle(r);
         }
         self.releasing += 1;
         let registry = self.registry.clone();
@@ -244,6 +267,20 @@ impl DispatcherState {
             }
             report(&me, Event::Released);
         });
+    }
+
+    /// Claims a stopped dispatcher held without handing them out: given
+    /// back now, and again once a claim it had under way must have landed.
+    pub(super) fn release_orphans(
+        &mut self,
+        myself: &ActorRef<DispatcherMsg>,
+        refs: Vec<ClaimRef>,
+    ) {
+        if refs.is_empty() {
+            return;
+        }
+        self.release(myself, refs.clone(), ReleaseReason::Orphaned);
+        self.release_later(refs);
     }
 
     /// The safety net after a lost claim answer: released once more when a

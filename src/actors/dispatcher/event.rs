@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use crate::domain::delivery::{AttemptResult, MailJob, Settled};
+use crate::domain::delivery::{AttemptResult, ClaimRef, MailJob, Settled};
 use crate::queue::Entry;
 
 pub enum Event {
@@ -19,10 +19,8 @@ pub enum Event {
     Claimed(Vec<Entry>, uuid::Uuid, Result<Vec<MailJob>, String>),
     /// A release of claims is over (done, or left to the leases).
     Released,
-    /// A batch of outcomes was written: the entries to acknowledge, where
-    /// each recorded message stands now, and the mailers that may take
-    /// their next job.
-    Recorded(Vec<String>, Vec<Settled>, Vec<usize>),
+    /// A batch of outcomes was written.
+    Recorded(Recorded),
     /// Writing a batch failed; it is written again after a pause.
     RecordFailed(Vec<PendingOutcome>),
     RetryRecord,
@@ -33,6 +31,18 @@ pub enum Event {
     /// was read.
     TickDone(Option<(u64, u64)>),
     DrainDeadline,
+}
+
+/// A written batch of outcomes.
+pub struct Recorded {
+    /// The stream entries to acknowledge.
+    pub entries: Vec<String>,
+    /// Where each message whose outcome was written stands now.
+    pub settled: Vec<Settled>,
+    /// The mailers that may take their next job.
+    pub mailers: Vec<usize>,
+    /// The claims whose outcomes are no longer owed.
+    pub claims: Vec<ClaimRef>,
 }
 
 /// An outcome waiting to be written.

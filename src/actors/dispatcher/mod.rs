@@ -18,11 +18,13 @@
 //! (claiming and handing out jobs), [`recorder`] (the outcomes' group
 //! commit), [`wakeups`] (fresh messages to the stream), [`reconciler`] (the
 //! timer's duties: due retries, expired leases, what Redis forgot) and
-//! [`drain`] (shutdown).
+//! [`drain`] (shutdown); [`ledger`] keeps what a dispatcher owes the
+//! database where a crash of the dispatcher cannot lose it.
 
 mod claims;
 mod drain;
 pub mod event;
+pub mod ledger;
 mod reader;
 mod reconciler;
 mod recorder;
@@ -36,6 +38,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use self::event::{Event, PendingOutcome};
+use self::ledger::ClaimLedger;
 use self::slots::{InFlight, MailerSlot};
 use super::protocol::{DispatcherMsg, DispatcherReport};
 use super::registry::Registry;
@@ -58,6 +61,8 @@ pub struct DispatcherArgs {
     pub registry: Arc<Registry>,
     pub queue: Queue,
     pub mailers: usize,
+    /// Owned by the supervisor: what this dispatcher's predecessor left.
+    pub ledger: Arc<ClaimLedger>,
 }
 
 pub struct DispatcherState {
@@ -65,6 +70,7 @@ pub struct DispatcherState {
     config: Arc<Config>,
     registry: Arc<Registry>,
     queue: Queue,
+    ledger: Arc<ClaimLedger>,
     consumer: String,
     slots: Vec<MailerSlot>,
     /// Claimed, waiting for a mailer.
@@ -112,6 +118,7 @@ impl Actor for Dispatcher {
             config: args.config,
             registry: args.registry,
             queue: args.queue,
+            ledger: args.ledger,
             consumer: format!("dispatcher-{}", uuid::Uuid::new_v4().simple()),
             slots,
             waiting: VecDeque::new(),
@@ -147,6 +154,7 @@ impl Actor for Dispatcher {
         for (i, slot) in state.slots.iter_mut().enumerate() {
             slot.up = state.registry.mailer(i).is_some();
         }
+        state.settle_predecessor(&myself);
         state.pump(&myself);
         Ok(())
     }
@@ -171,7 +179,13 @@ impl Actor for Dispatcher {
                 job,
                 result,
             } => {
+                #[cfg(feature = "fault-injection")]
+                let crash = crate::faults::dispatcher_panics_after(&job);
                 state.job_finished(&myself, mailer, *job, *result);
+                #[cfg(feature = "fault-injection")]
+                if crash {
+                    panic!("injected fault: dispatcher panic after an outcome");
+                }
                 state.pump(&myself);
             }
             DispatcherMsg::Ping(reply) => state.ping(reply),
@@ -203,9 +217,7 @@ impl DispatcherState {
                 self.releasing -= 1;
                 self.check_drained();
             }
-            Event::Recorded(entries, settled, mailers) => {
-                self.recorded(myself, entries, settled, mailers)
-            }
+            Event::Recorded(batch) => self.recorded(myself, batch),
             Event::RecordFailed(batch) => self.record_failed(myself, batch),
             Event::RetryRecord => {
                 self.record_paused = false;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
 
-use super::event::{Event, PendingOutcome};
+use super::event::{Event, PendingOutcome, Recorded};
 use super::slots::InFlight;
 use super::{DispatcherState, PERSISTENCE_CALL, report};
 use crate::actors::persistence::PersistenceMsg;
@@ -96,6 +96,7 @@ impl DispatcherState {
         if let Some(slot) = mailer.and_then(|m| self.slots.get_mut(m)) {
             slot.unrecorded = true;
         }
+        self.ledger.owe(&flight.job, &result);
         self.to_record.push(PendingOutcome {
             entry: flight.entry,
             job: flight.job,
@@ -140,9 +141,13 @@ impl DispatcherState {
                     for o in &batch {
                         metrics.record_wait.observe(o.since.elapsed().as_secs_f64());
                     }
-                    let mailers = batch.iter().filter_map(|o| o.mailer).collect();
-                    let entries = batch.into_iter().filter_map(|o| o.entry).collect();
-                    report(&me, Event::Recorded(entries, settled, mailers));
+                    let recorded = Recorded {
+                        mailers: batch.iter().filter_map(|o| o.mailer).collect(),
+                        claims: batch.iter().map(|o| o.job.claim_ref()).collect(),
+                        entries: batch.into_iter().filter_map(|o| o.entry).collect(),
+                        settled,
+                    };
+                    report(&me, Event::Recorded(recorded));
                 }
                 Err(e) => {
                     // A reclaimed lease makes a late write a no-op, so
@@ -154,14 +159,17 @@ impl DispatcherState {
         });
     }
 
-    pub(super) fn recorded(
-        &mut self,
-        myself: &ActorRef<DispatcherMsg>,
-        entries: Vec<String>,
-        settled: Vec<Settled>,
-        mailers: Vec<usize>,
-    ) {
+    pub(super) fn recorded(&mut self, myself: &ActorRef<DispatcherMsg>, batch: Recorded) {
+        let Recorded {
+            entries,
+            settled,
+            mailers,
+            claims,
+        } = batch;
         self.recording -= 1;
+        for claim in &claims {
+            self.ledger.recorded(claim);
+        }
         for m in mailers {
             if let Some(slot) = self.slots.get_mut(m) {
                 slot.unrecorded = false;
@@ -194,6 +202,22 @@ impl DispatcherState {
         batch.append(&mut self.to_record);
         self.to_record = batch;
         myself.send_after(RECORD_RETRY, || DispatcherMsg::Own(Event::RetryRecord));
+    }
+
+    /// Settles what a dispatcher that stopped before this one left owing:
+    /// its outcomes are written now, its unstarted claims given back.
+    pub(super) fn settle_predecessor(&mut self, myself: &ActorRef<DispatcherMsg>) {
+        let left = self.ledger.take();
+        if !left.unrecorded.is_empty() {
+            tracing::warn!(
+                count = left.unrecorded.len(),
+                "recording outcomes a stopped dispatcher left unwritten"
+            );
+        }
+        for (job, result) in left.unrecorded {
+            self.record(myself, InFlight::new(None, job), result, None);
+        }
+        self.release_orphans(myself, left.unstarted);
     }
 
     /// Acknowledges stream entries in the background.

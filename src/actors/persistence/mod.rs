@@ -170,6 +170,10 @@ impl Actor for Persistence {
         let ready = state.schema_ready.load(Ordering::Acquire);
         let pool = state.pool.clone();
         let bookkeeping = state.bookkeeping.clone();
+        #[cfg(feature = "fault-injection")]
+        if let PersistenceMsg::Accept(req, _, _) = &msg {
+            crate::faults::on_accept(&req.message);
+        }
         match msg {
             PersistenceMsg::Accept(req, deadline, reply) if ready && req.is_plain() => {
                 let pending = Pending {
