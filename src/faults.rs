@@ -14,8 +14,8 @@ use crate::domain::delivery::{Content, MailJob};
 pub const MAILER_PANIC: &str = "[[fault:mailer-panic]]";
 /// The send task panics on the first attempt.
 pub const SEND_TASK_PANIC: &str = "[[fault:send-task-panic]]";
-/// The dispatcher panics right after taking the first attempt's outcome
-/// from the mailer, before it is written.
+/// The dispatcher panics on receiving the first attempt's outcome from the
+/// mailer, before it is written.
 pub const DISPATCHER_PANIC: &str = "[[fault:dispatcher-panic]]";
 /// Persistence panics on receiving the accept, before storing anything.
 pub const PERSISTENCE_PANIC: &str = "[[fault:persistence-panic]]";
@@ -44,9 +44,13 @@ pub fn in_send_task(job: &MailJob) {
     }
 }
 
-/// Whether the dispatcher must crash after recording this job's outcome.
-pub fn dispatcher_panics_after(job: &MailJob) -> bool {
-    job.attempt == 1 && text_contains(job, DISPATCHER_PANIC)
+pub fn on_outcome(job: &MailJob) {
+    if job.attempt == 1 && text_contains(job, DISPATCHER_PANIC) {
+        panic!(
+            "injected fault: dispatcher panic on the outcome of {}",
+            job.uuid
+        );
+    }
 }
 
 pub fn on_accept(message: &NewMessage) {

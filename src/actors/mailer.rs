@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use super::ledger::ClaimLedger;
 use super::protocol::{DispatcherMsg, MailerMsg, MailerReport, log_attempt};
 use super::registry::Registry;
 use crate::config::Config;
@@ -42,6 +43,8 @@ pub struct MailerArgs {
     pub config: Arc<Config>,
     pub registry: Arc<Registry>,
     pub stats: Arc<MailerStats>,
+    /// Where an outcome is owed before it is reported.
+    pub ledger: Arc<ClaimLedger>,
 }
 
 pub struct MailerState {
@@ -50,6 +53,7 @@ pub struct MailerState {
     config: Arc<Config>,
     registry: Arc<Registry>,
     stats: Arc<MailerStats>,
+    ledger: Arc<ClaimLedger>,
     sending: Option<(uuid::Uuid, Instant)>,
     /// Jobs handed over while a send was running. The dispatcher gives one
     /// job at a time, but a freshly restarted dispatcher does not know which
@@ -76,6 +80,7 @@ impl Actor for Mailer {
             config: args.config,
             registry: args.registry,
             stats: args.stats,
+            ledger: args.ledger,
             sending: None,
             queued: VecDeque::new(),
             session: Some(smtp::Session::default()),
@@ -111,6 +116,9 @@ impl Actor for Mailer {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 log_attempt(&job, &result);
+                // Owed before it is reported: a dispatcher that dies with
+                // the report in its mailbox leaves it to its successor.
+                state.ledger.owe(&job, &result);
                 let uuid = job.uuid;
                 let reported = state.registry.dispatcher().is_some_and(|d| {
                     d.cast(DispatcherMsg::JobFinished {
@@ -121,7 +129,7 @@ impl Actor for Mailer {
                     .is_ok()
                 });
                 if !reported {
-                    tracing::warn!(%uuid, "no dispatcher to report to; the lease will expire and the message will be retried");
+                    tracing::warn!(%uuid, "no dispatcher to report to; the next one records the outcome");
                 }
                 if let Some(next) = state.queued.pop_front() {
                     state.start(&myself, next);

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod dispatcher;
+pub mod ledger;
 pub mod mailer;
 pub mod persistence;
 pub mod protocol;

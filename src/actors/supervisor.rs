@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 
-use super::dispatcher::ledger::ClaimLedger;
 use super::dispatcher::{Dispatcher, DispatcherArgs};
+use super::ledger::ClaimLedger;
 use super::mailer::{Mailer, MailerArgs, MailerStats};
 use super::persistence::{Persistence, PersistenceArgs, PersistenceMsg};
 use super::protocol::{
@@ -68,7 +68,7 @@ pub struct SupervisorState {
     backend: Backend,
     schema_ready: Arc<AtomicBool>,
     mailer_stats: Vec<Arc<MailerStats>>,
-    /// What a dispatcher owes the database, kept across its restarts.
+    /// What delivery owes the database, kept across dispatcher restarts.
     claim_ledger: Arc<ClaimLedger>,
     ingress: Option<ActorRef<IngressMsg>>,
     persistence: Option<ActorRef<PersistenceMsg>>,
@@ -176,6 +176,7 @@ impl SupervisorState {
                     config: self.config.clone(),
                     registry: self.registry.clone(),
                     stats: self.mailer_stats[i].clone(),
+                    ledger: self.claim_ledger.clone(),
                 };
                 let (actor, _) = Actor::spawn_linked(None, Mailer, args, myself.get_cell()).await?;
                 self.registry.set_mailer(i, Some(actor.clone()));

@@ -190,25 +190,36 @@ async fn a_late_outcome_after_a_reclaim_changes_nothing() {
             .len(),
         1
     );
+    // Its retry is due, and another sender claims it.
+    db.execute("UPDATE notifications SET next_attempt_at = now()", &[])
+        .await
+        .unwrap();
+    let retry = claim(&pool, &ids).await;
+    assert_eq!(retry.len(), 1);
+    assert_eq!(retry[0].attempt, 2);
     let before = state_of(&db, ids[0]).await;
-    let sent_at: Option<chrono::DateTime<chrono::Utc>> = scalar(
-        &db,
-        &format!("SELECT sent_at FROM notifications WHERE id = {}", ids[0]),
-    )
-    .await;
+    assert_eq!(
+        before,
+        ("sending".into(), 1, vec![Some("crash".into()), None])
+    );
+    // The first holder's outcome arrives late: it must not touch the
+    // message now held by the second, nor its attempts.
     let settled = delivery::finish_batch(&pool, &[(job, sent())], &policy())
         .await
         .unwrap();
     assert_eq!(settled, vec![None], "the lease is gone: nothing is written");
     assert_eq!(state_of(&db, ids[0]).await, before);
-    assert_eq!(before, ("queued".into(), 1, vec![Some("crash".into())]));
-    assert!(sent_at.is_none());
-    let still_unsent: Option<chrono::DateTime<chrono::Utc>> = scalar(
+    let sent_at: Option<chrono::DateTime<chrono::Utc>> = scalar(
         &db,
         &format!("SELECT sent_at FROM notifications WHERE id = {}", ids[0]),
     )
     .await;
-    assert!(still_unsent.is_none(), "the late outcome set no sent_at");
+    assert!(sent_at.is_none(), "the late outcome set no sent_at");
+    // The second holder's own outcome is written.
+    let settled = delivery::finish_batch(&pool, &[(retry[0].clone(), sent())], &policy())
+        .await
+        .unwrap();
+    assert_eq!(settled[0].as_ref().map(|s| s.status.as_str()), Some("sent"));
 }
 
 #[tokio::test]

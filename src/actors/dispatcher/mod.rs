@@ -18,13 +18,13 @@
 //! (claiming and handing out jobs), [`recorder`] (the outcomes' group
 //! commit), [`wakeups`] (fresh messages to the stream), [`reconciler`] (the
 //! timer's duties: due retries, expired leases, what Redis forgot) and
-//! [`drain`] (shutdown); [`ledger`] keeps what a dispatcher owes the
-//! database where a crash of the dispatcher cannot lose it.
+//! [`drain`] (shutdown). What it owes the database is kept in the
+//! supervisor's [`ClaimLedger`], where a crash of the dispatcher cannot
+//! lose it.
 
 mod claims;
 mod drain;
 pub mod event;
-pub mod ledger;
 mod reader;
 mod reconciler;
 mod recorder;
@@ -38,8 +38,8 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use self::event::{Event, PendingOutcome};
-use self::ledger::ClaimLedger;
 use self::slots::{InFlight, MailerSlot};
+use super::ledger::ClaimLedger;
 use super::protocol::{DispatcherMsg, DispatcherReport};
 use super::registry::Registry;
 use crate::config::Config;
@@ -180,12 +180,8 @@ impl Actor for Dispatcher {
                 result,
             } => {
                 #[cfg(feature = "fault-injection")]
-                let crash = crate::faults::dispatcher_panics_after(&job);
+                crate::faults::on_outcome(&job);
                 state.job_finished(&myself, mailer, *job, *result);
-                #[cfg(feature = "fault-injection")]
-                if crash {
-                    panic!("injected fault: dispatcher panic after an outcome");
-                }
                 state.pump(&myself);
             }
             DispatcherMsg::Ping(reply) => state.ping(reply),

@@ -1,9 +1,11 @@
-//! What the dispatcher owes the database, kept outside it so that a
+//! What delivery owes the database, kept outside the dispatcher so that a
 //! dispatcher that crashed does not take it along: claims it holds but has
-//! not handed to a mailer, and outcomes of sends that are not yet recorded.
+//! not handed to a mailer, and outcomes of sends that are not yet recorded
+//! (a mailer enters its outcome here before it reports it, so an outcome is
+//! owed even while its report is in a dying dispatcher's mailbox).
 //!
 //! The supervisor owns the ledger and hands the same one to every
-//! dispatcher it starts. A new dispatcher settles what its predecessor left:
+//! dispatcher and mailer it starts. A new dispatcher settles what its predecessor left:
 //! it writes the outcomes (a mail that was sent is recorded as sent, not
 //! sent again when its lease runs out) and gives the unstarted claims back
 //! to the queue at once. Without it, both would wait out their leases, and
