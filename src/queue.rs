@@ -93,6 +93,8 @@ pub struct Queue {
     /// every other command behind it, and its response timeout must exceed
     /// the block time.
     reader: ConnectionManager,
+    /// `host:port` (or the socket path), for log lines: never the password.
+    address: String,
     ready_key: String,
     retries_key: String,
     script: redis::Script,
@@ -107,6 +109,7 @@ impl Queue {
     /// by themselves, so a Redis that is down at start only delays delivery.
     pub fn new(url: &str, prefix: &str) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        let address = client.get_connection_info().addr().to_string();
         let config = |response: Duration| {
             ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(1)))
@@ -122,6 +125,7 @@ impl Queue {
         )
         .map_err(|e| e.to_string())?;
         Ok(Self {
+            address,
             conn,
             reader,
             ready_key: format!("{prefix}:ready"),
@@ -129,6 +133,11 @@ impl Queue {
             script: redis::Script::new(PROMOTE_DUE),
             backlog_age: redis::Script::new(BACKLOG_AGE),
         })
+    }
+
+    /// Where Redis is, as log lines name it: `host:port`, no credentials.
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
     pub async fn ping(&self) -> redis::RedisResult<()> {

@@ -383,3 +383,100 @@ async fn with_the_database_down_at_start_livez_answers_and_healthz_says_why() {
 async fn sigint_drains_and_exits_0_like_sigterm() {
     drain_with_sends_in_flight("INT").await;
 }
+
+/// Lines of the process's stdout as JSON objects.
+fn events(p: &ServiceProcess) -> Vec<Value> {
+    p.stdout_lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clean_first_start_logs_no_warning() {
+    let sink = SmtpSink::start(Mode::Accept).await;
+    let target = Target::fresh();
+    // With a token, the one documented start-up warning does not apply.
+    let p = service(&sink, &target, &[("API_TOKEN", "clean-start-token")]);
+    let body = json!({"to": "a@example.org", "subject": "s", "body": "b"}).to_string();
+    let req = format!(
+        "POST /api/notify/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer clean-start-token\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = common::raw_exchange(p.addr, req.as_bytes()).await;
+    assert_eq!(answer.status, 202);
+    poll_until(Duration::from_secs(20), "the mail to arrive", || async {
+        sink.received().len() == 1
+    })
+    .await;
+    let warnings: Vec<Value> = events(&p)
+        .into_iter()
+        .filter(|e| e["level"] == "WARN" || e["level"] == "ERROR")
+        .collect();
+    assert!(warnings.is_empty(), "a clean start warned: {warnings:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_unreachable_at_start_is_named_once_and_its_recovery_logged() {
+    let port = free_port();
+    let redis_url = format!("redis://127.0.0.1:{port}/");
+    let p = TestApp::builder()
+        .env("REDIS_URL", &redis_url)
+        .env("API_TOKEN", "t")
+        .process();
+    let named = |e: &Value| {
+        e["level"] == "WARN"
+            && e["message"].as_str().unwrap_or("").contains("Redis")
+            && e["redis"] == format!("127.0.0.1:{port}")
+    };
+    poll_until(
+        Duration::from_secs(10),
+        "a warning naming Redis and its address",
+        || async { events(&p).iter().any(named) },
+    )
+    .await;
+    // The reader retries every half second; three seconds later it has
+    // still said so once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let redis_warnings = events(&p)
+        .iter()
+        .filter(|e| e["level"] == "WARN" && e.to_string().contains("Redis"))
+        .count();
+    assert_eq!(redis_warnings, 1, "{:#?}", events(&p));
+    let dir = tempfile_dir();
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    poll_until(
+        Duration::from_secs(15),
+        "a line saying Redis is back",
+        || async {
+            events(&p).iter().any(|e| {
+                e["level"] == "INFO"
+                    && e["message"].as_str().unwrap_or("").contains("Redis")
+                    && e["redis"] == format!("127.0.0.1:{port}")
+            })
+        },
+    )
+    .await;
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("redis-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -97,6 +97,11 @@ pub struct DispatcherState {
     last_reap: std::time::Instant,
     depth: Option<(u64, u64)>,
     redis_error: Option<String>,
+    /// Since when reads fail (Redis unreachable); `None` while they work.
+    redis_down_since: Option<std::time::Instant>,
+    /// A read has worked once: a missing stream is then news, not the first
+    /// start.
+    read_once: bool,
     draining: Option<RpcReplyPort<bool>>,
     stopped: bool,
     _timer: AbortOnDrop,
@@ -138,6 +143,8 @@ impl Actor for Dispatcher {
             last_reap: std::time::Instant::now(),
             depth: None,
             redis_error: None,
+            redis_down_since: None,
+            read_once: false,
             draining: None,
             stopped: false,
             _timer: reconciler::start_timer(&myself),

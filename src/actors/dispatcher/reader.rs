@@ -5,6 +5,11 @@
 //! own pending entries first: a read cut by a client-side timeout may still
 //! have been answered by Redis, and those entries are pending for us. A
 //! missing stream or group (Redis restarted empty) is recreated in place.
+//!
+//! An operator reads one warning when Redis cannot be reached, naming it and
+//! its address, and one line when it answers again, not a line per retry;
+//! the stream and group missing at the very first read are the normal first
+//! start on an empty Redis, not a warning.
 
 use std::time::Duration;
 
@@ -39,6 +44,14 @@ impl DispatcherState {
         self.reading = false;
         match result {
             Ok(entries) => {
+                if let Some(since) = self.redis_down_since.take() {
+                    tracing::info!(
+                        redis = self.queue.address(),
+                        down_s = since.elapsed().as_secs_f64().round(),
+                        "Redis answers again; reading the ready stream"
+                    );
+                }
+                self.read_once = true;
                 self.redis_error = None;
                 // While replaying our own pending entries, move the cursor
                 // past what we got; an empty answer means none is left, and
@@ -63,10 +76,26 @@ impl DispatcherState {
         self.pending_cursor = Some("0".to_owned());
         let missing = queue::is_missing_group(&e);
         self.redis_error = Some(e.to_string());
-        if missing {
-            tracing::warn!("ready stream or group missing (Redis restarted?); recreating");
+        if missing && !self.read_once {
+            tracing::info!(
+                redis = self.queue.address(),
+                "creating the ready stream and its consumer group"
+            );
+        } else if missing {
+            tracing::warn!(
+                redis = self.queue.address(),
+                "ready stream or group missing (Redis restarted?); recreating"
+            );
+        } else if self.redis_down_since.is_none() {
+            self.redis_down_since = Some(std::time::Instant::now());
+            tracing::warn!(
+                redis = self.queue.address(),
+                error = %e,
+                retry_every_ms = READ_RETRY.as_millis() as u64,
+                "Redis cannot be reached: reading the ready stream failed; retrying until it answers"
+            );
         } else {
-            tracing::warn!(error = %e, "reading the ready stream failed");
+            tracing::debug!(redis = self.queue.address(), error = %e, "reading the ready stream failed again");
         }
         let queue = self.queue.clone();
         let me = myself.clone();

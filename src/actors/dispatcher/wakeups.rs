@@ -25,10 +25,16 @@ impl DispatcherState {
         self.flushing = true;
         let batch = std::mem::take(&mut self.to_enqueue);
         let queue = self.queue.clone();
+        // While Redis is known to be down, the reader has said so once.
+        let known_down = self.redis_down_since.is_some();
         let me = myself.clone();
         tokio::spawn(async move {
             if let Err(e) = queue.push(&batch).await {
-                tracing::warn!(error = %e, count = batch.len(), "pushing wake-ups to Redis failed; the reconciler will re-feed them");
+                if known_down {
+                    tracing::debug!(error = %e, count = batch.len(), "pushing wake-ups to Redis failed");
+                } else {
+                    tracing::warn!(redis = queue.address(), error = %e, count = batch.len(), "pushing wake-ups to Redis failed; the reconciler will re-feed them");
+                }
             }
             report(&me, Event::Flushed);
         });
