@@ -78,25 +78,10 @@ impl ClaimLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::MessageKind;
-    use crate::domain::delivery::{Content, Outcome};
+    use crate::domain::delivery::Outcome;
 
     fn job(id: i64) -> MailJob {
-        MailJob {
-            kind: MessageKind::Notify,
-            id,
-            uuid: uuid::Uuid::new_v4(),
-            retry_count: 0,
-            attempt: 1,
-            lease_token: uuid::Uuid::nil(),
-            content: Content::Notify {
-                to: "a@example.com".into(),
-                subject: "s".into(),
-                body: "b".into(),
-                html: None,
-                metadata: None,
-            },
-        }
+        MailJob::sample(id)
     }
 
     fn sent() -> AttemptResult {

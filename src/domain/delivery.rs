@@ -129,6 +129,26 @@ pub struct ClaimRef {
 }
 
 impl MailJob {
+    /// A first attempt at a plain notification, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn sample(id: i64) -> Self {
+        Self {
+            kind: MessageKind::Notify,
+            id,
+            uuid: Uuid::new_v4(),
+            retry_count: 0,
+            attempt: 1,
+            lease_token: Uuid::nil(),
+            content: Content::Notify {
+                to: "a@example.com".into(),
+                subject: "s".into(),
+                body: "b".into(),
+                html: None,
+                metadata: None,
+            },
+        }
+    }
+
     pub fn claim_ref(&self) -> ClaimRef {
         ClaimRef {
             kind: self.kind,

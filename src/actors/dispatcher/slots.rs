@@ -102,25 +102,9 @@ pub fn still_sendable(claimed: Instant, window: Duration, lease: Duration) -> bo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::MessageKind;
-    use crate::domain::delivery::Content;
 
     fn job() -> MailJob {
-        MailJob {
-            kind: MessageKind::Notify,
-            id: 1,
-            uuid: uuid::Uuid::nil(),
-            retry_count: 0,
-            attempt: 1,
-            lease_token: uuid::Uuid::nil(),
-            content: Content::Notify {
-                to: "a@example.com".into(),
-                subject: "s".into(),
-                body: "b".into(),
-                html: None,
-                metadata: None,
-            },
-        }
+        MailJob::sample(1)
     }
 
     fn slots(up: usize, busy: usize) -> Vec<MailerSlot> {
