@@ -7,3 +7,4 @@ mod common;
 
 mod access;
 mod health;
+mod metrics;
