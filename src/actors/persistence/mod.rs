@@ -40,8 +40,13 @@ use crate::util::AbortOnDrop;
 /// `503` of a hung database within the contract's ~3 s.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(2500);
 
-/// How often expired idempotency keys are purged.
-const PURGE_EVERY: Duration = Duration::from_secs(300);
+/// How often expired idempotency keys are purged. Keys expire continuously
+/// (`IDEMPOTENCY_TTL_HOURS` after each keyed request), and each purge deletes
+/// all that have expired, in batches; a purge that finds none is one index
+/// probe. So purging often costs next to nothing and keeps the expired rows
+/// down to about this long's worth of keyed traffic. A purge still running
+/// at the next tick is not doubled.
+const PURGE_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Persistence;
 
@@ -106,6 +111,8 @@ pub struct PersistenceState {
     schema_ready: Arc<AtomicBool>,
     _prepare: Option<AbortOnDrop>,
     _purge: AbortOnDrop,
+    /// The purge under way, if any.
+    purge_run: Option<AbortOnDrop>,
 }
 
 /// What the actor says of itself in `/healthz`.
@@ -158,6 +165,7 @@ impl Actor for Persistence {
             schema_ready: args.schema_ready,
             _prepare: prepare,
             _purge: purge,
+            purge_run: None,
         })
     }
 
@@ -258,17 +266,20 @@ impl Actor for Persistence {
                 state._prepare = None;
             }
             PersistenceMsg::PurgeExpiredKeys if ready => {
-                tokio::spawn(async move {
-                    match tokio::time::timeout(OP_TIMEOUT * 4, store::purge_expired_keys(&pool))
-                        .await
-                    {
-                        Ok(Ok(n)) if n > 0 => {
-                            tracing::info!(deleted = n, "purged expired idempotency keys")
-                        }
-                        Ok(Err(e)) => tracing::warn!(error = %e, "purging idempotency keys failed"),
-                        _ => {}
+                if state
+                    .purge_run
+                    .as_ref()
+                    .is_some_and(|run| !run.0.is_finished())
+                {
+                    return Ok(());
+                }
+                state.purge_run = Some(AbortOnDrop(tokio::spawn(async move {
+                    match store::purge_expired_keys(&pool, OP_TIMEOUT * 4).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deleted = n, "purged expired idempotency keys"),
+                        Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
                     }
-                });
+                })));
             }
             PersistenceMsg::PurgeExpiredKeys => {}
         }
