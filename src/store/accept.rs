@@ -372,9 +372,17 @@ const PURGE_PAUSE: Duration = Duration::from_millis(50);
 /// locks or a connection for long. `per_batch` bounds each batch; rows
 /// already locked by another purge (another instance) are skipped.
 /// Returns the number deleted.
+///
+/// Housekeeping neither opens a connection nor queues for one: a batch
+/// starts only while the pool has an idle connection, so during an outage
+/// (when every checkout may start a connection attempt that hangs) the
+/// purge adds nothing to the pool's load; it resumes with the traffic.
 pub async fn purge_expired_keys(pool: &Pool, per_batch: Duration) -> Result<u64, StoreError> {
     let mut total = 0;
     loop {
+        if pool.state().idle_connections == 0 {
+            return Ok(total);
+        }
         let deleted = tokio::time::timeout(per_batch, purge_batch(pool))
             .await
             .map_err(|_| {

@@ -47,6 +47,9 @@ pub const OP_TIMEOUT: Duration = Duration::from_millis(2500);
 /// down to about this long's worth of keyed traffic. A purge still running
 /// at the next tick is not doubled.
 const PURGE_EVERY: Duration = Duration::from_secs(10);
+/// After a failed purge (the database is in trouble), the next one waits
+/// this long instead.
+const PURGE_BACKOFF: Duration = Duration::from_secs(60);
 
 pub struct Persistence;
 
@@ -274,10 +277,18 @@ impl Actor for Persistence {
                     return Ok(());
                 }
                 state.purge_run = Some(AbortOnDrop(tokio::spawn(async move {
-                    match store::purge_expired_keys(&pool, OP_TIMEOUT * 4).await {
+                    // A batch: a checkout, then one statement under the
+                    // server's statement timeout.
+                    let per_batch = store::CHECKOUT_TIMEOUT + store::STATEMENT_TIMEOUT;
+                    match store::purge_expired_keys(&pool, per_batch).await {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(deleted = n, "purged expired idempotency keys"),
-                        Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "purging idempotency keys failed");
+                            // This run stays unfinished meanwhile, so no tick
+                            // starts another.
+                            tokio::time::sleep(PURGE_BACKOFF).await;
+                        }
                     }
                 })));
             }
