@@ -179,7 +179,7 @@ pub async fn handle(
         .http_requests
         .get_or_create(&HttpLabels {
             route: route.to_owned(),
-            method: method.as_str().to_owned(),
+            method: method_label(&method).to_owned(),
             status: status_code.to_string(),
         })
         .inc();
@@ -199,6 +199,20 @@ pub async fn handle(
         "request"
     );
     Ok(resp)
+}
+
+/// The method label for metrics: a standard method by its name, anything
+/// else (`FOO`, `get`) as `OTHER`, so that clients cannot add series. With
+/// the route labels (a fixed set and `unmatched`) and the status codes,
+/// every label of the request metrics is bounded.
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|m| *m == method.as_str())
+        .unwrap_or("OTHER")
 }
 
 /// The client's `X-Request-Id` when it is short printable ASCII, else a new one.

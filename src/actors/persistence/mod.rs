@@ -40,8 +40,16 @@ use crate::util::AbortOnDrop;
 /// `503` of a hung database within the contract's ~3 s.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(2500);
 
-/// How often expired idempotency keys are purged.
-const PURGE_EVERY: Duration = Duration::from_secs(300);
+/// How often expired idempotency keys are purged. Keys expire continuously
+/// (`IDEMPOTENCY_TTL_HOURS` after each keyed request), and each purge deletes
+/// all that have expired, in batches; a purge that finds none is one index
+/// probe. So purging often costs next to nothing and keeps the expired rows
+/// down to about this long's worth of keyed traffic. A purge still running
+/// at the next tick is not doubled.
+const PURGE_EVERY: Duration = Duration::from_secs(10);
+/// After a failed purge (the database is in trouble), the next one waits
+/// this long instead.
+const PURGE_BACKOFF: Duration = Duration::from_secs(60);
 
 pub struct Persistence;
 
@@ -106,6 +114,8 @@ pub struct PersistenceState {
     schema_ready: Arc<AtomicBool>,
     _prepare: Option<AbortOnDrop>,
     _purge: AbortOnDrop,
+    /// The purge under way, if any.
+    purge_run: Option<AbortOnDrop>,
 }
 
 /// What the actor says of itself in `/healthz`.
@@ -158,6 +168,7 @@ impl Actor for Persistence {
             schema_ready: args.schema_ready,
             _prepare: prepare,
             _purge: purge,
+            purge_run: None,
         })
     }
 
@@ -262,17 +273,28 @@ impl Actor for Persistence {
                 state._prepare = None;
             }
             PersistenceMsg::PurgeExpiredKeys if ready => {
-                tokio::spawn(async move {
-                    match tokio::time::timeout(OP_TIMEOUT * 4, store::purge_expired_keys(&pool))
-                        .await
-                    {
-                        Ok(Ok(n)) if n > 0 => {
-                            tracing::info!(deleted = n, "purged expired idempotency keys")
+                if state
+                    .purge_run
+                    .as_ref()
+                    .is_some_and(|run| !run.0.is_finished())
+                {
+                    return Ok(());
+                }
+                state.purge_run = Some(AbortOnDrop(tokio::spawn(async move {
+                    // A batch: a checkout, then one statement under the
+                    // server's statement timeout.
+                    let per_batch = store::CHECKOUT_TIMEOUT + store::STATEMENT_TIMEOUT;
+                    match store::purge_expired_keys(&pool, per_batch).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deleted = n, "purged expired idempotency keys"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "purging idempotency keys failed");
+                            // This run stays unfinished meanwhile, so no tick
+                            // starts another.
+                            tokio::time::sleep(PURGE_BACKOFF).await;
                         }
-                        Ok(Err(e)) => tracing::warn!(error = %e, "purging idempotency keys failed"),
-                        _ => {}
                     }
-                });
+                })));
             }
             PersistenceMsg::PurgeExpiredKeys => {}
         }
