@@ -10,6 +10,7 @@
 //! closes it and opens a fresh one.
 
 use std::ops::{Deref, DerefMut};
+use std::time::Duration;
 
 use bb8::ManageConnection;
 use bb8_postgres::PostgresConnectionManager;
@@ -38,20 +39,35 @@ pub struct Tracked {
     prepared: HashMap<String, Statement>,
 }
 
+/// The longest a new connection may take, the login included.
+/// tokio-postgres's `connect_timeout` bounds only the TCP connect: a server
+/// (or a network path) that accepts and then never answers would hold the
+/// attempt, and its pool slot, for good, and enough of them leave the pool
+/// with no slot to connect with once the server answers again.
+const CONNECT_WITHIN: Duration = Duration::from_secs(5);
+
 impl ManageConnection for Manager {
     type Connection = Tracked;
-    type Error = tokio_postgres::Error;
+    type Error = StoreError;
 
-    async fn connect(&self) -> Result<Tracked, Self::Error> {
+    async fn connect(&self) -> Result<Tracked, StoreError> {
+        let client = tokio::time::timeout(CONNECT_WITHIN, self.0.connect())
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "connecting took over {} s",
+                    CONNECT_WITHIN.as_secs()
+                ))
+            })??;
         Ok(Tracked {
-            client: self.0.connect().await?,
+            client,
             in_use: false,
             prepared: HashMap::new(),
         })
     }
 
-    async fn is_valid(&self, conn: &mut Tracked) -> Result<(), Self::Error> {
-        self.0.is_valid(&mut conn.client).await
+    async fn is_valid(&self, conn: &mut Tracked) -> Result<(), StoreError> {
+        Ok(self.0.is_valid(&mut conn.client).await?)
     }
 
     fn has_broken(&self, conn: &mut Tracked) -> bool {

@@ -43,10 +43,11 @@ fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-impl From<bb8::RunError<tokio_postgres::Error>> for StoreError {
-    fn from(e: bb8::RunError<tokio_postgres::Error>) -> Self {
+impl From<bb8::RunError<StoreError>> for StoreError {
+    fn from(e: bb8::RunError<StoreError>) -> Self {
         match e {
-            bb8::RunError::User(e) => Self::Unavailable(describe(&e)),
+            bb8::RunError::User(Self::Query(e)) => Self::Unavailable(describe(&e)),
+            bb8::RunError::User(e) => e,
             bb8::RunError::TimedOut => {
                 Self::Unavailable("timed out waiting for a connection".into())
             }
