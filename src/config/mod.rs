@@ -179,6 +179,14 @@ impl Config {
             "pretty" => LogFormat::Pretty,
             other => return Err(v.error("LOG_FORMAT", other, "expected json or pretty")),
         };
+        let rust_log = v.string("RUST_LOG", "info");
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&rust_log) {
+            return Err(v.error(
+                "RUST_LOG",
+                &rust_log,
+                &format!("not a valid log filter ({e}); e.g. info or info,email_service=debug"),
+            ));
+        }
         let redis_key_prefix = v.string("REDIS_KEY_PREFIX", "email-service");
         if redis_key_prefix.is_empty() {
             return Err(v.error("REDIS_KEY_PREFIX", "", "must not be empty"));
@@ -246,7 +254,7 @@ impl Config {
             },
             api_tokens,
             log_format,
-            rust_log: v.string("RUST_LOG", "info"),
+            rust_log,
             contact_rate_limit: v.parse("CONTACT_RATE_LIMIT", 0)?,
             shutdown_timeout: Duration::from_secs(v.parse("SHUTDOWN_TIMEOUT", 30)?),
             idempotency_ttl: Duration::from_secs(idempotency_ttl_hours * 3600),
@@ -336,6 +344,7 @@ mod tests {
             ("HOST", "example"),
             ("IDEMPOTENCY_TTL_HOURS", "0"),
             ("SHUTDOWN_TIMEOUT", "-1"),
+            ("RUST_LOG", "email_service=loud"),
         ];
         for (var, value) in cases {
             let err = load(&[(var, value)]).expect_err(var);
