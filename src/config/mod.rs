@@ -53,6 +53,12 @@ pub struct SmtpConfig {
     pub user: String,
     pub password: Secret,
     pub timeout: Duration,
+    /// `EMAIL_TLS_CA_FILE`: extra trusted roots (PEM) for STARTTLS and
+    /// implicit TLS, on top of the bundled web PKI roots; for a relay with a
+    /// private CA. Read and checked at start.
+    pub tls_ca_file: Option<PathBuf>,
+    /// The certificates of `tls_ca_file`, DER.
+    pub tls_extra_roots: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -219,6 +225,12 @@ impl Config {
                 "must be between 1 and 8760",
             ));
         }
+        let tls_ca_file = v.opt("EMAIL_TLS_CA_FILE").map(PathBuf::from);
+        let tls_extra_roots = match &tls_ca_file {
+            None => Vec::new(),
+            Some(path) => read_pem_certificates(path)
+                .map_err(|reason| v.error("EMAIL_TLS_CA_FILE", &path.to_string_lossy(), &reason))?,
+        };
         let api_tokens = v
             .string("API_TOKEN", "")
             .split(',')
@@ -243,6 +255,8 @@ impl Config {
                 user: v.string("EMAIL_HOST_USER", ""),
                 password: Secret::new(v.string("EMAIL_HOST_PASSWORD", "")),
                 timeout: Duration::from_secs(email_timeout),
+                tls_ca_file,
+                tls_extra_roots,
             },
             default_from_email: v.mailbox("DEFAULT_FROM_EMAIL", "noreply@localhost")?,
             contact_recipient: v.mailbox("CONTACT_RECIPIENT", "admin@localhost")?,
@@ -271,6 +285,21 @@ impl Config {
             }
         })
     }
+}
+
+/// The certificates of a PEM file (DER), at least one.
+fn read_pem_certificates(path: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM file of certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    Ok(certs)
 }
 
 #[cfg(test)]
@@ -345,6 +374,8 @@ mod tests {
             ("IDEMPOTENCY_TTL_HOURS", "0"),
             ("SHUTDOWN_TIMEOUT", "-1"),
             ("RUST_LOG", "email_service=loud"),
+            ("EMAIL_TLS_CA_FILE", "/nonexistent/ca.pem"),
+            ("EMAIL_TLS_CA_FILE", "/dev/null"),
         ];
         for (var, value) in cases {
             let err = load(&[(var, value)]).expect_err(var);
