@@ -251,3 +251,41 @@ impl Session {
         Ok(result?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(use_tls: bool, use_ssl: bool, port: u16) -> Settings {
+        let smtp = SmtpConfig {
+            host: "127.0.0.1".into(),
+            port,
+            use_tls,
+            use_ssl,
+            user: String::new(),
+            password: crate::config::Secret::new(""),
+            timeout: Duration::from_secs(5),
+            tls_ca_file: None,
+            tls_extra_roots: Vec::new(),
+        };
+        Settings::new(&smtp, "test.localhost").unwrap()
+    }
+
+    /// Every security mode, SMTPS included, connects on a `TCP_NODELAY`
+    /// socket (the one [`Settings::connect`] hands to TLS and lettre):
+    /// without it each mail waits for the server's delayed ACK.
+    #[tokio::test]
+    async fn every_mode_connects_with_tcp_nodelay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for (use_tls, use_ssl) in [(false, false), (true, false), (false, true)] {
+            let s = settings(use_tls, use_ssl, port);
+            let stream = s.tcp().await.unwrap();
+            assert!(
+                stream.nodelay().unwrap(),
+                "TCP_NODELAY with {:?}",
+                s.security
+            );
+        }
+    }
+}

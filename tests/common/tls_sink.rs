@@ -9,7 +9,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -44,9 +43,6 @@ pub struct TlsReceived {
     pub auth: Option<(String, String)>,
     pub rcpt: Vec<String>,
     pub raw: String,
-    /// Time between the last line of the body and the terminating dot: what
-    /// Nagle's algorithm against a delayed ACK stretches to ~40 ms.
-    pub dot_gap: Duration,
 }
 
 #[derive(Default)]
@@ -263,21 +259,18 @@ impl Server {
                     return None;
                 }
                 let mut raw = String::new();
-                let mut last = Instant::now();
-                let dot_gap = loop {
+                loop {
                     let l = self::line(&mut s).await?;
                     if l == ".\r\n" || l == ".\n" {
-                        break last.elapsed();
+                        break;
                     }
-                    last = Instant::now();
                     raw.push_str(l.strip_prefix('.').unwrap_or(&l));
-                };
+                }
                 self.state.lock().unwrap().received.push(TlsReceived {
                     tls,
                     auth: authed.clone(),
                     rcpt: rcpt.clone(),
                     raw,
-                    dot_gap,
                 });
                 "250 2.0.0 Ok: queued\r\n".into()
             } else if upper.starts_with("RSET") || upper.starts_with("NOOP") {

@@ -182,28 +182,3 @@ async fn a_starttls_certificate_that_does_not_verify_is_a_transient_failure() {
 async fn an_implicit_tls_certificate_that_does_not_verify_is_a_transient_failure() {
     untrusted_certificate_is_retried_then_fails(Tls::Implicit, "EMAIL_USE_SSL").await;
 }
-
-/// Implicit TLS on a socket with Nagle's algorithm on waits for the server's
-/// delayed ACK (~40 ms) between a mail's body and its terminating dot, on
-/// every mail of a kept-open connection. With `TCP_NODELAY` the dot follows
-/// at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn implicit_tls_sends_the_final_dot_without_a_delayed_ack_stall() {
-    let sink = TlsSink::start(Tls::Implicit, None).await;
-    let app = app(&sink, "EMAIL_USE_SSL", &[("MAILER_WORKERS", "1")]).await;
-    const MAILS: usize = 8;
-    for n in 0..MAILS {
-        let mail = json!({"to": "a@example.org", "subject": format!("m{n}"), "body": "b"});
-        let v = app.notify_and_wait(&mail, WITHIN).await;
-        assert_eq!(v["status"], "sent", "{v}");
-    }
-    let mut gaps: Vec<Duration> = sink.received().iter().map(|r| r.dot_gap).collect();
-    assert_eq!(gaps.len(), MAILS);
-    gaps.sort();
-    let median = gaps[MAILS / 2];
-    assert!(
-        median < Duration::from_millis(20),
-        "the dot waited {median:?} (median) after the body; all: {gaps:?}"
-    );
-    app.shutdown().await;
-}
