@@ -364,18 +364,23 @@ async fn smtp_capacity(args: &Args) -> Result<(), String> {
         )
         .build();
     // The service's client exactly as a mailer uses it.
-    let settings = Arc::new(smtp::Settings::new(
-        &SmtpConfig {
-            host: "127.0.0.1".into(),
-            port,
-            use_tls: false,
-            use_ssl: false,
-            user: String::new(),
-            password: Secret::new(""),
-            timeout: Duration::from_secs(10),
-        },
-        "bench.localhost",
-    ));
+    let settings = Arc::new(
+        smtp::Settings::new(
+            &SmtpConfig {
+                host: "127.0.0.1".into(),
+                port,
+                use_tls: false,
+                use_ssl: false,
+                user: String::new(),
+                password: Secret::new(""),
+                timeout: Duration::from_secs(10),
+                tls_ca_file: None,
+                tls_extra_roots: Vec::new(),
+            },
+            "bench.localhost",
+        )
+        .expect("plain SMTP settings"),
+    );
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..conns {

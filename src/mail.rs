@@ -49,7 +49,7 @@ impl Backend {
                 Self::Smtp(Arc::new(smtp::Settings::new(
                     &config.smtp,
                     &from_domain(&from),
-                )))
+                )?))
             }
         })
     }
@@ -86,13 +86,17 @@ impl Backend {
                         resp.message().collect::<Vec<_>>().join(" "),
                     ))),
                     Err(smtp::SendError::Smtp(e)) => Err(classify(&e)),
-                    Err(e @ smtp::SendError::Connect(..)) => Err(AttemptResult {
-                        outcome: Outcome::Transient,
-                        smtp_code: None,
-                        smtp_reply: None,
-                        error: Some(error_chain(&e)),
-                        duration_ms: 0,
-                    }),
+                    // A refused connection or a failed TLS handshake (a
+                    // certificate that does not verify) may heal: retried.
+                    Err(e @ (smtp::SendError::Connect(..) | smtp::SendError::Tls(..))) => {
+                        Err(AttemptResult {
+                            outcome: Outcome::Transient,
+                            smtp_code: None,
+                            smtp_reply: None,
+                            error: Some(error_chain(&e)),
+                            duration_ms: 0,
+                        })
+                    }
                 }
             }
         };

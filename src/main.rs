@@ -16,7 +16,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    email_service::telemetry::init(&config);
+    // Dropped last, after the runtime: flushes the log lines still buffered
+    // (the end of a shutdown) before the process exits.
+    let _log_writer = email_service::telemetry::init(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -3,8 +3,11 @@
 //! gauges that mirror actor state (pool, queue depth) are refreshed when
 //! `/metrics` is scraped, by asking the actors.
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use std::sync::{Arc, RwLock};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -36,6 +39,46 @@ pub struct OutcomeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ChildLabels {
     pub child: String,
+}
+
+/// Reads how many log lines the log writer has dropped so far.
+type DroppedSource = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Set by the logging set-up, which runs in `main` before any [`Metrics`]
+/// exists, and read at every scrape. Unset (in-process tests), it reads 0.
+static DROPPED_LOG_LINES: RwLock<Option<DroppedSource>> = RwLock::new(None);
+
+/// Makes `read` the source of `email_service_log_lines_dropped_total`: the
+/// count of log lines dropped because the log buffer was full. The last
+/// call wins.
+pub fn count_dropped_log_lines(read: impl Fn() -> u64 + Send + Sync + 'static) {
+    let mut source = DROPPED_LOG_LINES.write().unwrap_or_else(|e| e.into_inner());
+    *source = Some(Arc::new(read));
+}
+
+fn dropped_log_lines() -> u64 {
+    let source = DROPPED_LOG_LINES
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    source.map_or(0, |read| read())
+}
+
+/// Encodes the dropped-log-lines counter from its source at scrape time.
+#[derive(Debug)]
+struct DroppedLogLines;
+
+impl Collector for DroppedLogLines {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = ConstCounter::new(dropped_log_lines());
+        let metric = encoder.encode_descriptor(
+            "log_lines_dropped",
+            "Log lines dropped because the log buffer was full (stdout too slow)",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
+    }
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -162,6 +205,7 @@ impl Metrics {
             "Contact-form requests refused by the per-IP rate limit",
             rate_limited.clone(),
         );
+        registry.register_collector(Box::new(DroppedLogLines));
         Self {
             registry,
             http_requests,

@@ -127,3 +127,21 @@ fn other_invalid_values_each_stop_the_start_with_one_line() {
         assert_refused(variable, value);
     }
 }
+
+#[test]
+fn an_invalid_rust_log_stops_the_start_with_one_line_naming_it() {
+    // Not silently `info`: a filter that does not parse is refused.
+    for value in ["email_service=loud", "info,[{", "tokio=trace=debug"] {
+        assert_refused("RUST_LOG", value);
+    }
+}
+
+#[test]
+fn a_valid_rust_log_is_accepted() {
+    // The same run as above, with a filter that parses: the start goes on
+    // past the configuration (it is then refused for another variable).
+    let out = run_with(&[("RUST_LOG", "warn,email_service=debug"), ("PORT", "abc")]);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("PORT="), "{}", out.stderr);
+    assert!(!out.stderr.contains("RUST_LOG"), "{}", out.stderr);
+}

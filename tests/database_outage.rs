@@ -342,6 +342,14 @@ async fn accept_two(app: &TestApp) -> Vec<String> {
     uuids
 }
 
+/// How long a message accepted before the outage may take to end `sent`
+/// after recovery: a send whose outcome could not be recorded is retried
+/// once its lease expires and the retry is due.
+const DELIVERED_WITHIN: Duration = Duration::from_secs(60);
+
+/// Every message accepted before the outage is still there and, the
+/// database back, ends `sent` (the console backend cannot fail): none is
+/// left `queued` or `sending`, none `failed`.
 async fn assert_still_there(app: &TestApp, uuids: &[String]) {
     for uuid in uuids {
         let resp = app.get(&format!("/api/notify/{uuid}/")).await;
@@ -351,6 +359,8 @@ async fn assert_still_there(app: &TestApp, uuids: &[String]) {
             "accepted message {uuid} is still there: {}",
             resp.text()
         );
+        let v = app.wait_final("notify", uuid, DELIVERED_WITHIN).await;
+        assert_eq!(v["status"], "sent", "message {uuid} after the outage: {v}");
     }
 }
 

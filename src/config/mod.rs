@@ -53,6 +53,12 @@ pub struct SmtpConfig {
     pub user: String,
     pub password: Secret,
     pub timeout: Duration,
+    /// `EMAIL_TLS_CA_FILE`: extra trusted roots (PEM) for STARTTLS and
+    /// implicit TLS, on top of the bundled web PKI roots; for a relay with a
+    /// private CA. Read and checked at start.
+    pub tls_ca_file: Option<PathBuf>,
+    /// The certificates of `tls_ca_file`, DER.
+    pub tls_extra_roots: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +185,14 @@ impl Config {
             "pretty" => LogFormat::Pretty,
             other => return Err(v.error("LOG_FORMAT", other, "expected json or pretty")),
         };
+        let rust_log = v.string("RUST_LOG", "info");
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&rust_log) {
+            return Err(v.error(
+                "RUST_LOG",
+                &rust_log,
+                &format!("not a valid log filter ({e}); e.g. info or info,email_service=debug"),
+            ));
+        }
         let redis_key_prefix = v.string("REDIS_KEY_PREFIX", "email-service");
         if redis_key_prefix.is_empty() {
             return Err(v.error("REDIS_KEY_PREFIX", "", "must not be empty"));
@@ -211,6 +225,12 @@ impl Config {
                 "must be between 1 and 8760",
             ));
         }
+        let tls_ca_file = v.opt("EMAIL_TLS_CA_FILE").map(PathBuf::from);
+        let tls_extra_roots = match &tls_ca_file {
+            None => Vec::new(),
+            Some(path) => read_pem_certificates(path)
+                .map_err(|reason| v.error("EMAIL_TLS_CA_FILE", &path.to_string_lossy(), &reason))?,
+        };
         let api_tokens = v
             .string("API_TOKEN", "")
             .split(',')
@@ -235,6 +255,8 @@ impl Config {
                 user: v.string("EMAIL_HOST_USER", ""),
                 password: Secret::new(v.string("EMAIL_HOST_PASSWORD", "")),
                 timeout: Duration::from_secs(email_timeout),
+                tls_ca_file,
+                tls_extra_roots,
             },
             default_from_email: v.mailbox("DEFAULT_FROM_EMAIL", "noreply@localhost")?,
             contact_recipient: v.mailbox("CONTACT_RECIPIENT", "admin@localhost")?,
@@ -246,7 +268,7 @@ impl Config {
             },
             api_tokens,
             log_format,
-            rust_log: v.string("RUST_LOG", "info"),
+            rust_log,
             contact_rate_limit: v.parse("CONTACT_RATE_LIMIT", 0)?,
             shutdown_timeout: Duration::from_secs(v.parse("SHUTDOWN_TIMEOUT", 30)?),
             idempotency_ttl: Duration::from_secs(idempotency_ttl_hours * 3600),
@@ -263,6 +285,21 @@ impl Config {
             }
         })
     }
+}
+
+/// The certificates of a PEM file (DER), at least one.
+fn read_pem_certificates(path: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM file of certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    Ok(certs)
 }
 
 #[cfg(test)]
@@ -336,6 +373,9 @@ mod tests {
             ("HOST", "example"),
             ("IDEMPOTENCY_TTL_HOURS", "0"),
             ("SHUTDOWN_TIMEOUT", "-1"),
+            ("RUST_LOG", "email_service=loud"),
+            ("EMAIL_TLS_CA_FILE", "/nonexistent/ca.pem"),
+            ("EMAIL_TLS_CA_FILE", "/dev/null"),
         ];
         for (var, value) in cases {
             let err = load(&[(var, value)]).expect_err(var);

@@ -1,7 +1,7 @@
 //! Delivery against the real PostgreSQL and Redis and a test-controlled SMTP
 //! sink: one delivery per message, retries on the schedule, permanent
 //! failures, exhausted retries, mailer crashes, lost Redis state, two
-//! instances, and each backend.
+//! instances, each backend, and SMTP over STARTTLS, implicit TLS and AUTH.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -13,3 +13,7 @@ mod leases;
 mod normal;
 mod plans;
 mod recovery;
+mod tls;
+/// Only this suite needs the TLS sink (it costs a certificate per test).
+#[path = "../common/tls_sink.rs"]
+mod tls_sink;
