@@ -551,3 +551,68 @@ async fn after_a_network_black_hole_the_service_recovers_on_new_connections() {
     proxy.heal();
     assert_recovered_with(app, &accepted, "network healed").await;
 }
+
+/// A commit sent to a PostgreSQL that then hangs is answered "may have been
+/// stored", not "nothing was stored", with its request id; a plain accept
+/// cut that way may really be stored (the server runs what it had received
+/// once it resumes), and a keyed one retried with the same key ends as one
+/// message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_for_a_commit_in_flight_says_it_may_be_stored_and_a_keyed_retry_is_safe() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let cluster = PgCluster::start_new();
+    let (app, accepted) = app_with_two_accepted(&cluster.url("email_in_doubt")).await;
+    cluster.signal_all("STOP");
+    let plain = json!({"to": "bob@example.com", "subject": "in doubt, plain", "body": "b"});
+    let keyed = json!({"to": "bob@example.com", "subject": "in doubt, keyed", "body": "b"});
+    let key = [("Idempotency-Key", "in-doubt-key")];
+    for (what, resp) in [
+        ("plain", app.post_json("/api/notify/", &plain).await),
+        (
+            "keyed",
+            app.post_json_with("/api/notify/", &key, &keyed).await,
+        ),
+    ] {
+        assert_eq!(resp.status, 503, "{what}: {}", resp.text());
+        let body = resp.json();
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("may have been stored") && detail.contains("Idempotency-Key"),
+            "{what}: a commit in flight is not 'nothing stored': {body}"
+        );
+        assert_eq!(
+            body["request_id"].as_str(),
+            resp.header("x-request-id"),
+            "{what}: {body}"
+        );
+    }
+    cluster.signal_all("CONT");
+    assert_recovers(&app, "PostgreSQL resumed").await;
+    let retry = poll_until(
+        Duration::from_secs(15),
+        "the keyed retry to be answered",
+        || async {
+            let r = app.post_json_with("/api/notify/", &key, &keyed).await;
+            if r.status == 202 {
+                Ok(r)
+            } else {
+                Err(r.text())
+            }
+        },
+    )
+    .await;
+    assert_eq!(retry.status, 202);
+    let keyed_rows: i64 = app
+        .scalar("SELECT count(*) FROM notifications WHERE subject = 'in doubt, keyed'")
+        .await;
+    assert_eq!(keyed_rows, 1, "the keyed retry made no second message");
+    let plain_rows: i64 = app
+        .scalar("SELECT count(*) FROM notifications WHERE subject = 'in doubt, plain'")
+        .await;
+    assert!(plain_rows <= 1);
+    eprintln!(
+        "in doubt: the plain accept cut by the hang was stored: {}",
+        plain_rows == 1
+    );
+    assert_recovered_with(app, &accepted, "PostgreSQL resumed").await;
+}
