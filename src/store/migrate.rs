@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "reclaim_grace",
         include_str!("../../sql/0002_reclaim_grace.sql"),
     ),
+    (3, "cancelled", include_str!("../../sql/0003_cancelled.sql")),
 ];
 
 /// An arbitrary constant naming "email-service migrations" among advisory locks.
