@@ -39,11 +39,28 @@ pub enum ActionOutcome {
     NotFound,
 }
 
+static RETRY_SET: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
+    [MessageKind::Contact, MessageKind::Notify].map(|kind| {
+        format!(
+            "status = 'queued', retry_count = 0, next_attempt_at = now(),
+             attempt_base = (SELECT COALESCE(max(number), 0) FROM delivery_attempts
+                             WHERE kind = '{k}' AND message_id = $1)",
+            k = kind.as_str()
+        )
+    })
+});
+
 /// The `UPDATE` of an action: `$1` the id, `$2` the statuses it may change.
 fn update_sql(kind: MessageKind, action: Action) -> String {
     let set = match action {
         Action::Cancel => "status = 'cancelled', next_attempt_at = NULL",
-        Action::Retry { .. } => "status = 'queued', retry_count = 0, next_attempt_at = now()",
+        // The new series numbers its attempts after every earlier one.
+        Action::Retry { .. } => {
+            &*RETRY_SET[match kind {
+                MessageKind::Contact => 0,
+                MessageKind::Notify => 1,
+            }]
+        }
     };
     format!(
         "UPDATE {t} SET {set}, updated_at = now()

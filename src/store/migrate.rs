@@ -21,6 +21,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../sql/0002_reclaim_grace.sql"),
     ),
     (3, "cancelled", include_str!("../../sql/0003_cancelled.sql")),
+    (
+        4,
+        "attempt_base",
+        include_str!("../../sql/0004_attempt_base.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming "email-service migrations" among advisory locks.

@@ -62,6 +62,115 @@ async fn a_message_cancelled_while_waiting_for_its_retry_is_never_sent() {
     assert_eq!(again.status, 409, "{}", again.text());
     assert_eq!(again.json()["status"], "cancelled");
     assert!(again.json()["detail"].as_str().unwrap().contains("queued"));
+
+    // A resend starts a new series: retry_count from 0, the attempt numbers
+    // going on after the first one.
+    let r = action(&app, "notify", &uuid, "retry").await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["status"], "queued");
+    assert_eq!(r.json()["retry_count"], 0);
+    let v = app
+        .wait_final("notify", &uuid, Duration::from_secs(20))
+        .await;
+    assert_eq!(v["status"], "sent", "{v}");
+    assert_eq!(attempt_numbers(&v), [1, 2], "{v}");
+    assert_eq!(delivered(&sink, &uuid), 1);
+    app.shutdown().await;
+}
+
+fn attempt_numbers(v: &Value) -> Vec<i64> {
+    v["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["number"].as_i64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_message_is_resent_and_a_sent_one_only_with_force() {
+    let sink = SmtpSink::start(Mode::Reject).await;
+    let app = spawn_app_with_sink(&sink, &[]).await;
+    let uuid = app
+        .notify(&json!({"to": "a@example.org", "subject": "s", "body": "b"}))
+        .await;
+    let v = app
+        .wait_final("notify", &uuid, Duration::from_secs(20))
+        .await;
+    assert_eq!(v["status"], "failed", "{v}");
+
+    sink.set_mode(Mode::Accept);
+    let r = action(&app, "notify", &uuid, "retry").await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let v = app
+        .wait_final("notify", &uuid, Duration::from_secs(20))
+        .await;
+    assert_eq!(v["status"], "sent", "{v}");
+    assert_eq!(attempt_numbers(&v), [1, 2], "{v}");
+    assert_eq!(
+        v["attempts"][0]["outcome"], "permanent",
+        "history kept: {v}"
+    );
+
+    let r = action(&app, "notify", &uuid, "retry").await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["status"], "sent");
+    assert!(r.json()["detail"].as_str().unwrap().contains("force=true"));
+    assert_eq!(delivered(&sink, &uuid), 1);
+
+    let r = app
+        .post_raw(&format!("/api/notify/{uuid}/retry/?force=true"), &[], "")
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    poll_until(Duration::from_secs(20), "the forced resend", || async {
+        delivered(&sink, &uuid) == 2
+    })
+    .await;
+    let v = app
+        .wait_final("notify", &uuid, Duration::from_secs(20))
+        .await;
+    assert_eq!(attempt_numbers(&v), [1, 2, 3], "{v}");
+    // Sent again under the same Message-ID, so receivers can de-duplicate.
+    assert_eq!(sink.by_message_id().len(), 1, "{:?}", sink.by_message_id());
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_resends_start_one_new_series() {
+    let sink = SmtpSink::start(Mode::Reject).await;
+    let app = spawn_app_with_sink(&sink, &[]).await;
+    for round in 0..5 {
+        sink.set_mode(Mode::Reject);
+        let uuid = app
+            .notify(&json!({"to": "a@example.org", "subject": format!("r{round}"), "body": "b"}))
+            .await;
+        let v = app
+            .wait_final("notify", &uuid, Duration::from_secs(20))
+            .await;
+        assert_eq!(v["status"], "failed", "{v}");
+        sink.set_mode(Mode::Accept);
+        let answers =
+            futures_util::future::join_all((0..6).map(|_| action(&app, "notify", &uuid, "retry")))
+                .await;
+        let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+        assert_eq!(
+            statuses.iter().filter(|&&s| s == 202).count(),
+            1,
+            "{statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|&s| s == 202 || s == 409),
+            "{statuses:?}"
+        );
+        let v = app
+            .wait_final("notify", &uuid, Duration::from_secs(20))
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let v2 = app.detail("notify", &uuid).await;
+        assert_eq!(v["status"], "sent", "{v}");
+        assert_eq!(attempt_numbers(&v2), [1, 2], "{v2}");
+        assert_eq!(delivered(&sink, &uuid), 1);
+    }
     app.shutdown().await;
 }
 
