@@ -37,6 +37,14 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub kind: String,
+    pub action: String,
+    /// `changed`, `refused` or `not_found`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ChildLabels {
     pub child: String,
 }
@@ -109,6 +117,7 @@ pub struct Metrics {
     pub db_pool_connections: Gauge,
     pub db_pool_idle: Gauge,
     pub rate_limited: Counter,
+    pub actions: Family<ActionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -205,6 +214,12 @@ impl Metrics {
             "Contact-form requests refused by the per-IP rate limit",
             rate_limited.clone(),
         );
+        let actions = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "operator_actions",
+            "Operator cancels and resends, by kind, action and result (changed, refused, not_found)",
+            actions.clone(),
+        );
         registry.register_collector(Box::new(DroppedLogLines));
         Self {
             registry,
@@ -222,6 +237,7 @@ impl Metrics {
             db_pool_connections,
             db_pool_idle,
             rate_limited,
+            actions,
         }
     }
 

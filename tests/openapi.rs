@@ -32,6 +32,8 @@ use serde_json::Value;
 use common::spawn_app_with;
 
 const API_TOKEN: &str = "test-token";
+/// The `MessageId` example of `openapi.yaml`.
+const EXAMPLE_UUID: &str = "3f0c8a52-5d1e-4c2b-9a6f-0d7e4b1c2a99";
 
 /// Cases per operation and phase unless `OPENAPI_MAX_EXAMPLES` says otherwise.
 const DEFAULT_MAX_EXAMPLES: u32 = 25;
@@ -362,6 +364,27 @@ fn max_examples() -> u32 {
 async fn live_service_conforms_to_the_document() {
     let cli = schemathesis();
     let app = spawn_app_with(&[("API_TOKEN", API_TOKEN)]).await;
+    // A message under the document's example uuid, per kind, so that the
+    // operations on one message (detail, cancel) reach a real one before
+    // the stateful phase has created any.
+    let bearer = format!("Bearer {API_TOKEN}");
+    for (path, body) in [
+        (
+            "/api/contact/",
+            serde_json::json!({"name": "Ada", "email": "ada@example.org", "message": "hi"}),
+        ),
+        (
+            "/api/notify/",
+            serde_json::json!({"to": "a@example.org", "subject": "s", "body": "b"}),
+        ),
+    ] {
+        let mut body = body;
+        body["uuid"] = EXAMPLE_UUID.into();
+        let r = app
+            .post_json_with(path, &[("authorization", &bearer)], &body)
+            .await;
+        assert_eq!(r.status, 202, "{path}: {}", r.text());
+    }
     let scratch = Scratch::new("run");
     let hooks = scratch.write("hooks.py", HOOKS_PY);
     let config = scratch.write("schemathesis.toml", &config(API_TOKEN));

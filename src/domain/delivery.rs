@@ -37,7 +37,8 @@ pub struct MailJob {
     pub uuid: Uuid,
     /// Retries already done before this attempt.
     pub retry_count: i32,
-    /// 1-based attempt number.
+    /// 1-based attempt number, counted over every series of attempts (a
+    /// resend goes on after the last one).
     pub attempt: i32,
     pub lease_token: Uuid,
     pub content: Content,

@@ -6,6 +6,7 @@
 //! The messages follow Django REST framework's wording, because clients of the
 //! service we replace may match on them.
 
+pub mod control;
 pub mod delivery;
 mod fields;
 mod idempotency;
@@ -61,10 +62,18 @@ pub enum Status {
     Sending,
     Sent,
     Failed,
+    /// Stopped by an operator before it was sent; final until a resend.
+    Cancelled,
 }
 
 impl Status {
-    pub const ALL: [Status; 4] = [Self::Queued, Self::Sending, Self::Sent, Self::Failed];
+    pub const ALL: [Status; 5] = [
+        Self::Queued,
+        Self::Sending,
+        Self::Sent,
+        Self::Failed,
+        Self::Cancelled,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -72,6 +81,7 @@ impl Status {
             Self::Sending => "sending",
             Self::Sent => "sent",
             Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
         }
     }
 

@@ -214,7 +214,8 @@ pub async fn list(
             ApiError::Validation(FieldErrors::single(
                 "status",
                 format!(
-                    "Select a valid choice. {raw} is not one of the available choices: queued, sending, sent, failed."
+                    "Select a valid choice. {raw} is not one of the available choices: {}.",
+                    Status::ALL.map(Status::as_str).join(", ")
                 ),
             ))
         })?),

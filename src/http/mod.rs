@@ -7,6 +7,7 @@
 //! is logged once with method, path, status, duration and request id.
 
 mod auth;
+mod control;
 mod error;
 mod health;
 pub mod ingress;
@@ -32,6 +33,7 @@ use crate::actors::registry::Registry;
 use crate::config::Config;
 use crate::domain::MessageKind;
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
+use control::ActionName;
 use ratelimit::{Decision, RateLimiter};
 
 /// Bodies above this size are refused with `413` (the contract's 64 KiB).
@@ -77,6 +79,8 @@ enum Endpoint<'a> {
     Metrics,
     Collection(MessageKind),
     Detail(MessageKind, &'a str),
+    /// An operator's action on one message: `.../{id}/cancel/`, `.../{id}/retry/`.
+    Action(MessageKind, &'a str, ActionName),
 }
 
 impl<'a> Endpoint<'a> {
@@ -96,6 +100,10 @@ impl<'a> Endpoint<'a> {
             ["metrics"] => Some(Self::Metrics),
             ["api", name] => kind(name).map(Self::Collection),
             ["api", name, id] if !id.is_empty() => kind(name).map(|k| Self::Detail(k, id)),
+            ["api", name, id, action] if !id.is_empty() => {
+                let action = ActionName::parse(action)?;
+                kind(name).map(|k| Self::Action(k, id, action))
+            }
             _ => None,
         }
     }
@@ -110,12 +118,19 @@ impl<'a> Endpoint<'a> {
             Self::Collection(MessageKind::Notify) => "/api/notify/",
             Self::Detail(MessageKind::Contact, _) => "/api/contact/{id}/",
             Self::Detail(MessageKind::Notify, _) => "/api/notify/{id}/",
+            Self::Action(MessageKind::Contact, _, ActionName::Cancel) => {
+                "/api/contact/{id}/cancel/"
+            }
+            Self::Action(MessageKind::Contact, _, ActionName::Retry) => "/api/contact/{id}/retry/",
+            Self::Action(MessageKind::Notify, _, ActionName::Cancel) => "/api/notify/{id}/cancel/",
+            Self::Action(MessageKind::Notify, _, ActionName::Retry) => "/api/notify/{id}/retry/",
         }
     }
 
     fn allow(self) -> &'static str {
         match self {
             Self::Collection(_) => "GET, POST",
+            Self::Action(..) => "POST",
             _ => "GET",
         }
     }
@@ -236,6 +251,7 @@ async fn route_to(
     let method = req.method().clone();
     let allowed = match endpoint {
         Endpoint::Collection(_) => method == Method::GET || method == Method::POST,
+        Endpoint::Action(..) => method == Method::POST,
         _ => method == Method::GET,
     };
     if !allowed {
@@ -274,6 +290,7 @@ async fn route_to(
         }
         Endpoint::Collection(kind) => messages::list(req, ctx, kind).await,
         Endpoint::Detail(kind, id) => messages::detail(ctx, kind, id).await,
+        Endpoint::Action(kind, id, action) => control::act(req, ctx, kind, id, action).await,
     }
 }
 

@@ -128,10 +128,10 @@ fn build_claim_sql(kind: MessageKind) -> String {
            UPDATE {t} SET status = 'sending', lease_owner = $2,
              lease_until = now() + make_interval(secs => $3), updated_at = now()
            WHERE id = $1 AND (status || '') = 'queued' AND next_attempt_at <= now()
-           RETURNING id, uuid, retry_count, {content}),
+           RETURNING id, uuid, retry_count, attempt_base + retry_count + 1 AS number, {content}),
          a AS (
            INSERT INTO delivery_attempts (kind, message_id, number, started_at)
-           SELECT '{k}', id, retry_count + 1, now() FROM m
+           SELECT '{k}', id, number, now() FROM m
            ON CONFLICT (kind, message_id, number)
            DO UPDATE SET started_at = now(), finished_at = NULL, outcome = NULL)
          SELECT * FROM m",
@@ -218,13 +218,13 @@ pub async fn claim(
     for ((kind, _), row) in jobs.iter().zip(&rows) {
         let Some(row) = row else { continue };
         let retry_count: i32 = row.try_get(2)?;
-        let content = content_from_row(*kind, row, 3)?;
+        let content = content_from_row(*kind, row, 4)?;
         claimed.push(MailJob {
             kind: *kind,
             id: row.try_get(0)?,
             uuid: row.try_get(1)?,
             retry_count,
-            attempt: retry_count + 1,
+            attempt: row.try_get(3)?,
             lease_token,
             content,
         });

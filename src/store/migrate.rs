@@ -20,6 +20,12 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "reclaim_grace",
         include_str!("../../sql/0002_reclaim_grace.sql"),
     ),
+    (3, "cancelled", include_str!("../../sql/0003_cancelled.sql")),
+    (
+        4,
+        "attempt_base",
+        include_str!("../../sql/0004_attempt_base.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming "email-service migrations" among advisory locks.

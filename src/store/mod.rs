@@ -16,11 +16,14 @@
 //!   holder of a claim records its outcome (`delivery`);
 //! - work a stopped sender left is taken back, never from a live one, and
 //!   work Redis forgot is found again (`recovery`);
+//! - an operator's cancel or resend changes a message only from the
+//!   statuses it may, and has one winner against a claim (`control`);
 //! - the schema is created and migrated once, even by instances starting
 //!   together (`migrate`).
 
 mod accept;
 mod conn;
+mod control;
 pub mod delivery;
 mod error;
 pub mod migrate;
@@ -30,6 +33,7 @@ pub mod recovery;
 
 pub use accept::{AcceptOutcome, AcceptRequest, accept, accept_batch, purge_expired_keys};
 pub use conn::{Pool, checkout};
+pub use control::{ActionOutcome, ActionRequest, act};
 pub use error::StoreError;
 pub use pool::{CHECKOUT_TIMEOUT, STATEMENT_TIMEOUT, bookkeeping_config, pg_config, ping, pool};
 pub use read::{AttemptView, ListQuery, MessageRef, MessageView, Page, get, list};

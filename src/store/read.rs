@@ -10,6 +10,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
+use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::conn::{Pool, checkout};
@@ -187,32 +188,30 @@ pub async fn get(
     at: MessageRef,
 ) -> Result<Option<MessageView>, StoreError> {
     let conn = checkout(pool).await?;
+    let view = get_on(&*conn, kind, at).await?;
+    conn.release();
+    Ok(view)
+}
+
+/// [`get`] on a given client: an operator action reads the view it answers
+/// inside its own transaction, so the answer shows the change it made.
+pub(crate) async fn get_on(
+    conn: &impl GenericClient,
+    kind: MessageKind,
+    at: MessageRef,
+) -> Result<Option<MessageView>, StoreError> {
+    let by = |column: &str| {
+        format!(
+            "SELECT {} FROM {} WHERE {column} = $1",
+            columns(kind),
+            table(kind)
+        )
+    };
     let row = match at {
-        MessageRef::Id(id) => {
-            conn.query_opt(
-                &format!(
-                    "SELECT {} FROM {} WHERE id = $1",
-                    columns(kind),
-                    table(kind)
-                ),
-                &[&id],
-            )
-            .await?
-        }
-        MessageRef::Uuid(uuid) => {
-            conn.query_opt(
-                &format!(
-                    "SELECT {} FROM {} WHERE uuid = $1",
-                    columns(kind),
-                    table(kind)
-                ),
-                &[&uuid],
-            )
-            .await?
-        }
+        MessageRef::Id(id) => conn.query_opt(&by("id"), &[&id]).await?,
+        MessageRef::Uuid(uuid) => conn.query_opt(&by("uuid"), &[&uuid]).await?,
     };
     let Some(row) = row else {
-        conn.release();
         return Ok(None);
     };
     let mut view = MessageView::from_row(kind, &row)?;
@@ -240,6 +239,5 @@ pub async fn get(
             })
             .collect::<Result<_, StoreError>>()?,
     );
-    conn.release();
     Ok(Some(view))
 }

@@ -54,7 +54,7 @@ pub async fn reclaim_expired(
             .query(
                 &format!(
                     "WITH expired AS (
-                        SELECT id, retry_count FROM {t}
+                        SELECT id, retry_count, attempt_base FROM {t}
                         WHERE status = 'sending' AND lease_until < now()
                           AND reclaim_after < now()
                         ORDER BY lease_until LIMIT 500
@@ -69,11 +69,12 @@ pub async fn reclaim_expired(
                         lease_owner = NULL, lease_until = NULL, reclaim_after = NULL,
                         updated_at = now()
                      FROM expired WHERE m.id = expired.id
-                     RETURNING m.id, m.status, m.next_attempt_at, m.uuid, expired.retry_count + 1,
+                     RETURNING m.id, m.status, m.next_attempt_at, m.uuid,
+                        expired.attempt_base + expired.retry_count + 1,
                         (SELECT (extract(epoch FROM now() - a.started_at) * 1000)::bigint
                            FROM delivery_attempts a
                           WHERE a.kind = '{k}' AND a.message_id = m.id
-                            AND a.number = expired.retry_count + 1)",
+                            AND a.number = expired.attempt_base + expired.retry_count + 1)",
                     t = table(kind),
                     k = kind.as_str(),
                 ),
@@ -129,11 +130,11 @@ pub async fn release(pool: &Pool, jobs: &[ClaimRef]) -> Result<Vec<bool>, StoreE
                        UPDATE {t} SET status = 'queued', lease_owner = NULL,
                          lease_until = NULL, reclaim_after = NULL, updated_at = now()
                        WHERE id = $1 AND status = 'sending' AND lease_owner = $2
-                       RETURNING id, retry_count),
+                       RETURNING id, attempt_base + retry_count + 1 AS number),
                      a AS (
                        DELETE FROM delivery_attempts d USING m
                        WHERE d.kind = '{k}' AND d.message_id = m.id
-                         AND d.number = m.retry_count + 1 AND d.finished_at IS NULL)
+                         AND d.number = m.number AND d.finished_at IS NULL)
                      SELECT id FROM m",
                     t = table(job.kind),
                     k = job.kind.as_str(),

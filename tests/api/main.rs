@@ -6,6 +6,7 @@
 mod common;
 
 mod blocked;
+mod control;
 mod idempotency;
 mod protocol;
 mod read;

@@ -7,6 +7,7 @@
 mod common;
 
 mod backends;
+mod control;
 mod crashes;
 mod failures;
 mod leases;

@@ -31,7 +31,8 @@ use crate::config::RetryPolicy;
 use crate::domain::MessageKind;
 use crate::domain::delivery::{AttemptResult, ClaimRef, MailJob, Reclaimed, Settled};
 use crate::store::{
-    self, AcceptOutcome, AcceptRequest, ListQuery, MessageRef, MessageView, Page, Pool, StoreError,
+    self, AcceptOutcome, AcceptRequest, ActionOutcome, ActionRequest, ListQuery, MessageRef,
+    MessageView, Page, Pool, StoreError,
 };
 use crate::store::{delivery, recovery};
 use crate::util::AbortOnDrop;
@@ -62,6 +63,11 @@ pub enum PersistenceMsg {
         RpcReplyPort<Result<AcceptOutcome, StoreError>>,
     ),
     List(ListQuery, RpcReplyPort<Result<Page, StoreError>>),
+    /// An operator's cancel or resend of one message.
+    Act(
+        Box<ActionRequest>,
+        RpcReplyPort<Result<ActionOutcome, StoreError>>,
+    ),
     Get(
         MessageKind,
         MessageRef,
@@ -214,6 +220,9 @@ impl Actor for Persistence {
             }
             PersistenceMsg::List(q, reply) => {
                 run(ready, reply, async move { store::list(&pool, &q).await });
+            }
+            PersistenceMsg::Act(req, reply) => {
+                run(ready, reply, async move { store::act(&pool, &req).await });
             }
             PersistenceMsg::Get(kind, at, reply) => {
                 run(
