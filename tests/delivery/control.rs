@@ -78,6 +78,20 @@ async fn a_message_cancelled_while_waiting_for_its_retry_is_never_sent() {
     app.shutdown().await;
 }
 
+/// Posts a notification while `sink` rejects everything, and waits until
+/// it has failed; returns its uuid.
+async fn failed_notification(app: &TestApp, sink: &SmtpSink, subject: &str) -> String {
+    sink.set_mode(Mode::Reject);
+    let uuid = app
+        .notify(&json!({"to": "a@example.org", "subject": subject, "body": "b"}))
+        .await;
+    let v = app
+        .wait_final("notify", &uuid, Duration::from_secs(20))
+        .await;
+    assert_eq!(v["status"], "failed", "{v}");
+    uuid
+}
+
 fn attempt_numbers(v: &Value) -> Vec<i64> {
     v["attempts"]
         .as_array()
@@ -91,13 +105,7 @@ fn attempt_numbers(v: &Value) -> Vec<i64> {
 async fn a_failed_message_is_resent_and_a_sent_one_only_with_force() {
     let sink = SmtpSink::start(Mode::Reject).await;
     let app = spawn_app_with_sink(&sink, &[]).await;
-    let uuid = app
-        .notify(&json!({"to": "a@example.org", "subject": "s", "body": "b"}))
-        .await;
-    let v = app
-        .wait_final("notify", &uuid, Duration::from_secs(20))
-        .await;
-    assert_eq!(v["status"], "failed", "{v}");
+    let uuid = failed_notification(&app, &sink, "s").await;
 
     sink.set_mode(Mode::Accept);
     let r = action(&app, "notify", &uuid, "retry").await;
@@ -140,14 +148,7 @@ async fn concurrent_resends_start_one_new_series() {
     let sink = SmtpSink::start(Mode::Reject).await;
     let app = spawn_app_with_sink(&sink, &[]).await;
     for round in 0..5 {
-        sink.set_mode(Mode::Reject);
-        let uuid = app
-            .notify(&json!({"to": "a@example.org", "subject": format!("r{round}"), "body": "b"}))
-            .await;
-        let v = app
-            .wait_final("notify", &uuid, Duration::from_secs(20))
-            .await;
-        assert_eq!(v["status"], "failed", "{v}");
+        let uuid = failed_notification(&app, &sink, &format!("r{round}")).await;
         sink.set_mode(Mode::Accept);
         let answers =
             futures_util::future::join_all((0..6).map(|_| action(&app, "notify", &uuid, "retry")))

@@ -16,13 +16,14 @@ async fn a_drain_gives_claimed_unstarted_jobs_back_at_once_and_a_restart_sends_e
     // ahead of the mailers cannot all be sent before the deadline.
     let sink = SmtpSink::start(Mode::Slow(Duration::from_secs(1))).await;
     let target = Target::fresh();
-    let vars = [("MAILER_WORKERS", "2"), ("SHUTDOWN_TIMEOUT", "2")];
-    let app = TestApp::builder()
-        .sink(&sink)
-        .target(&target)
-        .envs(&vars)
-        .start()
-        .await;
+    let start = || {
+        TestApp::builder()
+            .sink(&sink)
+            .target(&target)
+            .envs(&[("MAILER_WORKERS", "2"), ("SHUTDOWN_TIMEOUT", "2")])
+            .start()
+    };
+    let app = start().await;
     let mut uuids = Vec::new();
     for i in 0..12 {
         let mail = json!({"to": "a@example.org", "subject": format!("d{i}"), "body": "b"});
@@ -61,12 +62,7 @@ async fn a_drain_gives_claimed_unstarted_jobs_back_at_once_and_a_restart_sends_e
     assert_eq!(unfinished_attempts, 0, "a job never started has no attempt");
 
     sink.set_mode(Mode::Accept);
-    let app = TestApp::builder()
-        .sink(&sink)
-        .target(&target)
-        .envs(&vars)
-        .start()
-        .await;
+    let app = start().await;
     for uuid in &uuids {
         // Due already: the restart's reconciler re-feeds them within its
         // first rounds, long before any lease could have run out.
