@@ -45,6 +45,9 @@ pub struct MailerReport {
 pub enum DispatcherMsg {
     /// A message was just committed as due: wake a mailer for it.
     Enqueue(MessageKind, i64),
+    /// A message was just committed with a `send_at` ahead: put it in the
+    /// Redis schedule for that time (Unix ms), as a retry would be.
+    Schedule(MessageKind, i64, i64),
     MailerUp(usize),
     /// The supervisor saw mailer `index` fail; its job, if any, crashed.
     MailerDown(usize, String),

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -170,6 +171,26 @@ impl<'a> Reader<'a> {
                 Err(_) => self.fail(field, "Must be a valid UUID."),
             },
             Some(_) => self.fail(field, "Must be a valid UUID."),
+        }
+    }
+
+    /// An optional RFC 3339 instant no later than `latest`; absent and null
+    /// mean "none". An instant in the past is kept as given (it means now).
+    pub(super) fn optional_instant(
+        &mut self,
+        field: &str,
+        latest: DateTime<Utc>,
+        too_late: &str,
+    ) -> Option<DateTime<Utc>> {
+        const INVALID: &str = "Datetime has wrong format. Use one of these formats instead: YYYY-MM-DDThh:mm[:ss[.uuuuuu]]+HH:MM|-HH:MM|Z.";
+        match self.body.get(field) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => match DateTime::parse_from_rfc3339(s.trim()) {
+                Ok(t) if t.with_timezone(&Utc) > latest => self.fail(field, too_late),
+                Ok(t) => Some(t.with_timezone(&Utc)),
+                Err(_) => self.fail(field, INVALID),
+            },
+            Some(_) => self.fail(field, INVALID),
         }
     }
 

@@ -14,6 +14,7 @@ mod idempotency;
 pub use fields::{EmailAddress, FieldErrors};
 pub use idempotency::{Fingerprint, IdempotencyKey};
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -97,6 +98,9 @@ pub struct NewContact {
     pub name: String,
     pub email: EmailAddress,
     pub message: String,
+    /// When to send it; `None` (or a past instant) means now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<DateTime<Utc>>,
 }
 
 /// A notification from another service, validated.
@@ -108,6 +112,9 @@ pub struct NewNotification {
     pub body: String,
     pub html: Option<String>,
     pub metadata: Option<Map<String, Value>>,
+    /// When to send it; `None` (or a past instant) means now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<DateTime<Utc>>,
 }
 
 /// Either kind of new message, as the persistence layer receives it.
@@ -133,6 +140,20 @@ impl NewMessage {
         }
     }
 
+    /// The requested send time as given (absent: now). A past one means now.
+    pub fn send_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Contact(c) => c.send_at,
+            Self::Notify(n) => n.send_at,
+        }
+    }
+
+    /// When the message is due in Redis' schedule: `Some` only for a
+    /// `send_at` still ahead of `now`.
+    pub fn scheduled_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.send_at().filter(|t| *t > now)
+    }
+
     /// Validates a JSON object as a message of `kind`.
     pub fn parse(kind: MessageKind, body: &Map<String, Value>) -> Result<Self, FieldErrors> {
         match kind {
@@ -151,6 +172,17 @@ impl NewMessage {
 pub const NAME_MAX: usize = 255;
 pub const SUBJECT_MAX: usize = 255;
 pub const CONTACT_MESSAGE_MAX: usize = 10_000;
+/// How far ahead `send_at` may be.
+pub const SEND_AT_MAX_AHEAD_DAYS: i64 = 30;
+
+fn send_at(r: &mut Reader) -> Option<DateTime<Utc>> {
+    let latest = Utc::now() + chrono::TimeDelta::days(SEND_AT_MAX_AHEAD_DAYS);
+    r.optional_instant(
+        "send_at",
+        latest,
+        "Ensure this datetime is at most 30 days ahead.",
+    )
+}
 
 impl NewContact {
     pub fn parse(body: &Map<String, Value>) -> Result<Self, FieldErrors> {
@@ -159,12 +191,14 @@ impl NewContact {
         let name = r.text("name", Some(NAME_MAX));
         let email = r.email("email");
         let message = r.text("message", Some(CONTACT_MESSAGE_MAX));
+        let send_at = send_at(&mut r);
         r.finish()?;
         Ok(Self {
             uuid,
             name: name.expect("validated"),
             email: email.expect("validated"),
             message: message.expect("validated"),
+            send_at,
         })
     }
 }
@@ -178,6 +212,7 @@ impl NewNotification {
         let body_text = r.text("body", None);
         let html = r.optional_text("html");
         let metadata = r.optional_object("metadata");
+        let send_at = send_at(&mut r);
         r.finish()?;
         Ok(Self {
             uuid,
@@ -186,6 +221,7 @@ impl NewNotification {
             body: body_text.expect("validated"),
             html,
             metadata,
+            send_at,
         })
     }
 }
@@ -287,6 +323,42 @@ mod tests {
         );
         let fields: Vec<&str> = errs.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(fields, vec!["metadata", "subject"]);
+    }
+
+    #[test]
+    fn send_at_is_optional_bounded_and_part_of_the_fingerprint() {
+        let base = json!({"to": "a@b.co", "subject": "Hi", "body": "x"});
+        let with = |v: Value| {
+            let mut o = obj(base.clone());
+            o.insert("send_at".into(), v);
+            o
+        };
+        let plain = NewMessage::parse(MessageKind::Notify, &obj(base.clone())).unwrap();
+        assert_eq!(plain.send_at(), None);
+        let null = NewMessage::parse(MessageKind::Notify, &with(Value::Null)).unwrap();
+        assert_eq!(plain.fingerprint(), null.fingerprint());
+        let soon = (Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339();
+        let later = NewMessage::parse(MessageKind::Notify, &with(json!(soon))).unwrap();
+        assert!(later.scheduled_after(Utc::now()).is_some());
+        assert_ne!(plain.fingerprint(), later.fingerprint());
+        let past = NewMessage::parse(
+            MessageKind::Notify,
+            &with(json!("2001-02-03T04:05:06+01:00")),
+        )
+        .unwrap();
+        assert_eq!(past.scheduled_after(Utc::now()), None);
+        let far = (Utc::now() + chrono::TimeDelta::days(31)).to_rfc3339();
+        for bad in [json!(far), json!("tomorrow"), json!("2030-01-01"), json!(5)] {
+            let errs = errors_of(MessageKind::Contact, {
+                let mut o = with(bad).clone();
+                o.insert("name".into(), json!("n"));
+                o.insert("email".into(), json!("a@b.co"));
+                o.insert("message".into(), json!("m"));
+                Value::Object(o)
+            });
+            assert_eq!(errs.len(), 1);
+            assert_eq!(errs[0].0, "send_at");
+        }
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub async fn accept(
     };
     let body = read_json_object(req).await?;
     let message = NewMessage::parse(kind, &body).map_err(ApiError::Validation)?;
+    let scheduled = message.scheduled_after(chrono::Utc::now());
     let request = AcceptRequest {
         fingerprint: message.fingerprint(),
         message,
@@ -94,11 +95,16 @@ pub async fn accept(
                     kind: kind.as_str().to_owned(),
                 })
                 .inc();
-            // Wake a mailer now. If this is lost (Redis down, dispatcher
-            // restarting) the message is still committed as due, and the
-            // reconciler re-feeds it from PostgreSQL.
+            // Wake a mailer now, or for a `send_at` ahead schedule it then
+            // (a wake-up now would be refused by the claim, and lost). If
+            // this is lost (Redis down, dispatcher restarting) the message
+            // is still committed, and the reconciler re-feeds it from
+            // PostgreSQL once due.
             if let Some(d) = ctx.registry.dispatcher() {
-                let _ = d.cast(DispatcherMsg::Enqueue(kind, id));
+                let _ = d.cast(match scheduled {
+                    Some(t) => DispatcherMsg::Schedule(kind, id, t.timestamp_millis()),
+                    None => DispatcherMsg::Enqueue(kind, id),
+                });
             }
             json_response(code(status), body)
         }

@@ -2,7 +2,8 @@
 //! idempotency records that let a client retry safely.
 //!
 //! An accept commits the message row (status `queued`,
-//! `next_attempt_at = now()`) and its idempotency record in one transaction,
+//! `next_attempt_at` = its `send_at` if that is ahead, else `now()`;
+//! `GREATEST` skips a null) and its idempotency record in one transaction,
 //! so a `202` always stands for a committed, deliverable message. The answer
 //! is stored as its exact JSON text, so a replay is byte-identical.
 //!
@@ -19,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
@@ -91,22 +93,24 @@ fn batch_insert(kind: MessageKind, first: usize) -> String {
         MessageKind::Contact => format!(
             "INSERT INTO contact_messages
                (uuid, name, email, message, request_hash, next_attempt_at)
-             SELECT u, n, e, m, h, now()
-             FROM unnest({}::uuid[], {}::text[], {}::text[], {}::text[], {}::bytea[])
-               AS t(u, n, e, m, h)
+             SELECT u, n, e, m, h, GREATEST(now(), a)
+             FROM unnest({}::uuid[], {}::text[], {}::text[], {}::text[], {}::bytea[],
+                         {}::timestamptz[]) AS t(u, n, e, m, h, a)
              RETURNING uuid, id",
             p(0),
             p(1),
             p(2),
             p(3),
-            p(4)
+            p(4),
+            p(5)
         ),
         MessageKind::Notify => format!(
             "INSERT INTO notifications
                (uuid, recipient, subject, body, html, metadata, request_hash, next_attempt_at)
-             SELECT u, r, s, b, h, m, x, now()
+             SELECT u, r, s, b, h, m, x, GREATEST(now(), a)
              FROM unnest({}::uuid[], {}::text[], {}::text[], {}::text[], {}::text[],
-                         {}::jsonb[], {}::bytea[]) AS t(u, r, s, b, h, m, x)
+                         {}::jsonb[], {}::bytea[], {}::timestamptz[])
+               AS t(u, r, s, b, h, m, x, a)
              RETURNING uuid, id",
             p(0),
             p(1),
@@ -114,7 +118,8 @@ fn batch_insert(kind: MessageKind, first: usize) -> String {
             p(3),
             p(4),
             p(5),
-            p(6)
+            p(6),
+            p(7)
         ),
     }
 }
@@ -129,7 +134,7 @@ static BATCH_INSERTS: LazyLock<[String; 3]> = LazyLock::new(|| {
         format!(
             "WITH c AS ({}), n AS ({}) SELECT uuid, id FROM c UNION ALL SELECT uuid, id FROM n",
             batch_insert(MessageKind::Contact, 1),
-            batch_insert(MessageKind::Notify, 6)
+            batch_insert(MessageKind::Notify, 7)
         ),
     ]
 });
@@ -159,6 +164,7 @@ pub async fn accept_batch(
     let c_emails: Vec<&str> = contacts.iter().map(|r| r.0.email.as_ref()).collect();
     let c_messages: Vec<&str> = contacts.iter().map(|r| r.0.message.as_str()).collect();
     let c_hashes: Vec<&[u8]> = contacts.iter().map(|r| r.2).collect();
+    let c_send_at: Vec<Option<DateTime<Utc>>> = contacts.iter().map(|r| r.0.send_at).collect();
     let n_uuids: Vec<Uuid> = notes.iter().map(|r| r.1).collect();
     let n_to: Vec<&str> = notes.iter().map(|r| r.0.to.as_ref()).collect();
     let n_subjects: Vec<&str> = notes.iter().map(|r| r.0.subject.as_str()).collect();
@@ -169,9 +175,16 @@ pub async fn accept_batch(
         .map(|r| r.0.metadata.clone().map(Value::Object))
         .collect();
     let n_hashes: Vec<&[u8]> = notes.iter().map(|r| r.2).collect();
-    let contact_params: [&(dyn ToSql + Sync); 5] =
-        [&c_uuids, &c_names, &c_emails, &c_messages, &c_hashes];
-    let notify_params: [&(dyn ToSql + Sync); 7] = [
+    let n_send_at: Vec<Option<DateTime<Utc>>> = notes.iter().map(|r| r.0.send_at).collect();
+    let contact_params: [&(dyn ToSql + Sync); 6] = [
+        &c_uuids,
+        &c_names,
+        &c_emails,
+        &c_messages,
+        &c_hashes,
+        &c_send_at,
+    ];
+    let notify_params: [&(dyn ToSql + Sync); 8] = [
         &n_uuids,
         &n_to,
         &n_subjects,
@@ -179,6 +192,7 @@ pub async fn accept_batch(
         &n_html,
         &n_metadata,
         &n_hashes,
+        &n_send_at,
     ];
 
     let mut conn = checkout(pool).await?;
@@ -281,10 +295,10 @@ pub async fn accept(pool: &Pool, req: &AcceptRequest) -> Result<AcceptOutcome, S
         NewMessage::Contact(c) => {
             tx.query_opt(
                 "INSERT INTO contact_messages (uuid, name, email, message, request_hash, next_attempt_at)
-                 VALUES ($1, $2, $3, $4, $5, now())
+                 VALUES ($1, $2, $3, $4, $5, GREATEST(now(), $6))
                  ON CONFLICT (uuid) DO NOTHING
                  RETURNING id",
-                &[&uuid, &c.name, &c.email.as_ref(), &c.message, &hash],
+                &[&uuid, &c.name, &c.email.as_ref(), &c.message, &hash, &c.send_at],
             )
             .await?
         }
@@ -293,7 +307,7 @@ pub async fn accept(pool: &Pool, req: &AcceptRequest) -> Result<AcceptOutcome, S
             tx.query_opt(
                 "INSERT INTO notifications
                    (uuid, recipient, subject, body, html, metadata, request_hash, next_attempt_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, GREATEST(now(), $8))
                  ON CONFLICT (uuid) DO NOTHING
                  RETURNING id",
                 &[
@@ -304,6 +318,7 @@ pub async fn accept(pool: &Pool, req: &AcceptRequest) -> Result<AcceptOutcome, S
                     &n.html,
                     &metadata,
                     &hash,
+                    &n.send_at,
                 ],
             )
             .await?

@@ -10,4 +10,5 @@ mod control;
 mod idempotency;
 mod protocol;
 mod read;
+mod send_at;
 mod validation;

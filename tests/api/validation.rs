@@ -9,16 +9,16 @@ use crate::common::{TestApp, spawn_app};
 const CONTACT: &str = "/api/contact/";
 const NOTIFY: &str = "/api/notify/";
 
-fn valid_contact() -> Value {
+pub(super) fn valid_contact() -> Value {
     json!({"name": "Ada Lovelace", "email": "ada@example.com", "message": "Hello there"})
 }
 
-fn valid_notify() -> Value {
+pub(super) fn valid_notify() -> Value {
     json!({"to": "bob@example.com", "subject": "Welcome", "body": "Hi Bob"})
 }
 
 /// `base` with `field` set to `value`.
-fn with(base: Value, field: &str, value: Value) -> Value {
+pub(super) fn with(base: Value, field: &str, value: Value) -> Value {
     let mut obj = base;
     obj.as_object_mut()
         .expect("object")
@@ -34,13 +34,13 @@ fn without(base: Value, field: &str) -> Value {
 }
 
 /// One invalid body and the fields its `errors` must name, exactly.
-struct Case {
+pub(super) struct Case {
     label: String,
     body: Value,
     fields: Vec<&'static str>,
 }
 
-fn case(label: impl Into<String>, body: Value, fields: &[&'static str]) -> Case {
+pub(super) fn case(label: impl Into<String>, body: Value, fields: &[&'static str]) -> Case {
     Case {
         label: label.into(),
         body,
@@ -105,7 +105,7 @@ fn too_long_email() -> String {
 
 /// Posts every case and checks the answer and that nothing was stored; all
 /// mismatches are reported together.
-async fn assert_rejections(app: &TestApp, path: &str, cases: Vec<Case>) {
+pub(super) async fn assert_rejections(app: &TestApp, path: &str, cases: Vec<Case>) {
     assert!(!cases.is_empty());
     let mut failures = Vec::new();
     for case in cases {

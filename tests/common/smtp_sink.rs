@@ -31,6 +31,8 @@ pub struct Received {
     pub message_id: Option<String>,
     pub rcpt: Vec<String>,
     pub raw: String,
+    /// When the end of its DATA was accepted.
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Default)]
@@ -224,5 +226,6 @@ fn accept(state: &Mutex<State>, raw: &str, rcpt: &[String]) {
         message_id,
         rcpt: rcpt.to_vec(),
         raw: raw.to_owned(),
+        at: chrono::Utc::now(),
     });
 }

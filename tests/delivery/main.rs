@@ -14,6 +14,7 @@ mod leases;
 mod normal;
 mod plans;
 mod recovery;
+mod schedule;
 mod tls;
 /// Only this suite needs the TLS sink (it costs a certificate per test).
 #[path = "../common/tls_sink.rs"]

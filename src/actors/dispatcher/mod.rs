@@ -174,6 +174,7 @@ impl Actor for Dispatcher {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             DispatcherMsg::Enqueue(kind, id) => state.enqueue(&myself, kind, id),
+            DispatcherMsg::Schedule(kind, id, due_ms) => state.schedule(kind, id, due_ms),
             DispatcherMsg::MailerUp(i) => {
                 if let Some(slot) = state.slots.get_mut(i) {
                     slot.up = true;

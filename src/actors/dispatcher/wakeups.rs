@@ -3,6 +3,10 @@
 //! costs a few pipelined round trips rather than one per message. A push
 //! that fails loses nothing: the message is in PostgreSQL, and the
 //! reconciler re-feeds it.
+//!
+//! A message accepted with a `send_at` ahead goes to the retry schedule
+//! instead, due at that time; if that write is lost, the reconciler re-feeds
+//! it from PostgreSQL once it is due.
 
 use ractor::ActorRef;
 
@@ -15,6 +19,16 @@ impl DispatcherState {
     pub(super) fn enqueue(&mut self, myself: &ActorRef<DispatcherMsg>, kind: MessageKind, id: i64) {
         self.to_enqueue.push((kind, id));
         self.flush(myself);
+    }
+
+    /// Schedules a message accepted with a `send_at` ahead.
+    pub(super) fn schedule(&mut self, kind: MessageKind, id: i64, due_ms: i64) {
+        let queue = self.queue.clone();
+        tokio::spawn(async move {
+            if let Err(e) = queue.schedule(&[(kind, id, due_ms)]).await {
+                tracing::warn!(redis = queue.address(), error = %e, "scheduling a send_at in Redis failed; the reconciler will re-feed it when due");
+            }
+        });
     }
 
     /// Sends the batch of fresh wake-ups, one pipelined round trip.
