@@ -9,6 +9,7 @@ use hyper::{Request, StatusCode};
 use ractor::call_t;
 
 use super::error::json_response;
+use super::messages::QueryParams;
 use super::{ACTOR_CALL_TIMEOUT_MS, ApiError, AppContext, HttpResponse};
 use crate::actors::persistence::PersistenceMsg;
 use crate::actors::protocol::DispatcherMsg;
@@ -45,7 +46,7 @@ pub async fn act(
     let action = match name {
         ActionName::Cancel => Action::Cancel,
         ActionName::Retry => Action::Retry {
-            force: force(req.uri().query().unwrap_or(""))?,
+            force: force(&QueryParams::parse(req.uri().query().unwrap_or("")))?,
         },
     };
     let persistence = ctx.persistence()?;
@@ -115,11 +116,8 @@ pub async fn act(
 }
 
 /// `?force=`: DRF's boolean spellings; anything else is a `400` naming it.
-fn force(query: &str) -> Result<bool, ApiError> {
-    let raw = form_urlencoded::parse(query.as_bytes())
-        .filter(|(k, _)| k == "force")
-        .last()
-        .map(|(_, v)| v.trim().to_ascii_lowercase());
+fn force(query: &QueryParams) -> Result<bool, ApiError> {
+    let raw = query.get("force").map(|v| v.trim().to_ascii_lowercase());
     match raw.as_deref() {
         None | Some("" | "false" | "0" | "no" | "off") => Ok(false),
         Some("true" | "1" | "yes" | "on") => Ok(true),
@@ -136,10 +134,13 @@ mod tests {
 
     #[test]
     fn force_reads_booleans_and_refuses_anything_else() {
-        assert!(!force("").unwrap());
-        assert!(!force("force=false").unwrap());
-        assert!(force("force=true").unwrap());
-        assert!(force("a=1&force=TRUE").unwrap());
-        assert!(matches!(force("force=maybe"), Err(ApiError::Validation(_))));
+        assert!(!force(&QueryParams::parse("")).unwrap());
+        assert!(!force(&QueryParams::parse("force=false")).unwrap());
+        assert!(force(&QueryParams::parse("force=true")).unwrap());
+        assert!(force(&QueryParams::parse("a=1&force=TRUE")).unwrap());
+        assert!(matches!(
+            force(&QueryParams::parse("force=maybe")),
+            Err(ApiError::Validation(_))
+        ));
     }
 }

@@ -299,10 +299,10 @@ fn base_url(req: &Request<Incoming>, ctx: &AppContext) -> String {
 }
 
 /// The query string as ordered `(name, value)` pairs, decoded.
-struct QueryParams(Vec<(String, String)>);
+pub(super) struct QueryParams(Vec<(String, String)>);
 
 impl QueryParams {
-    fn parse(query: &str) -> Self {
+    pub(super) fn parse(query: &str) -> Self {
         Self(
             form_urlencoded::parse(query.as_bytes())
                 .into_owned()
@@ -311,7 +311,7 @@ impl QueryParams {
     }
 
     /// The last value given for `name`, as Django's `QueryDict.get` does.
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(super) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .rev()

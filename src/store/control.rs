@@ -39,28 +39,17 @@ pub enum ActionOutcome {
     NotFound,
 }
 
-static RETRY_SET: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
-    [MessageKind::Contact, MessageKind::Notify].map(|kind| {
-        format!(
+/// The `UPDATE` of an action: `$1` the id, `$2` the statuses it may change.
+fn update_sql(kind: MessageKind, action: Action) -> String {
+    let set = match action {
+        Action::Cancel => "status = 'cancelled', next_attempt_at = NULL".to_owned(),
+        // The new series numbers its attempts after every earlier one.
+        Action::Retry { .. } => format!(
             "status = 'queued', retry_count = 0, next_attempt_at = now(),
              attempt_base = (SELECT COALESCE(max(number), 0) FROM delivery_attempts
                              WHERE kind = '{k}' AND message_id = $1)",
             k = kind.as_str()
-        )
-    })
-});
-
-/// The `UPDATE` of an action: `$1` the id, `$2` the statuses it may change.
-fn update_sql(kind: MessageKind, action: Action) -> String {
-    let set = match action {
-        Action::Cancel => "status = 'cancelled', next_attempt_at = NULL",
-        // The new series numbers its attempts after every earlier one.
-        Action::Retry { .. } => {
-            &*RETRY_SET[match kind {
-                MessageKind::Contact => 0,
-                MessageKind::Notify => 1,
-            }]
-        }
+        ),
     };
     format!(
         "UPDATE {t} SET {set}, updated_at = now()
@@ -113,15 +102,8 @@ async fn resolve(
     kind: MessageKind,
     at: MessageRef,
 ) -> Result<Option<i64>, StoreError> {
-    let row = match at {
-        MessageRef::Id(id) => {
-            let sql = format!("SELECT id FROM {} WHERE id = $1", table(kind));
-            conn.query_opt(&sql, &[&id]).await?
-        }
-        MessageRef::Uuid(uuid) => {
-            let sql = format!("SELECT id FROM {} WHERE uuid = $1", table(kind));
-            conn.query_opt(&sql, &[&uuid]).await?
-        }
-    };
+    let (column, value) = at.lookup();
+    let sql = format!("SELECT id FROM {} WHERE {column} = $1", table(kind));
+    let row = conn.query_opt(&sql, &[value]).await?;
     Ok(row.map(|r| r.try_get(0)).transpose()?)
 }

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::conn::{Pool, checkout};
@@ -180,6 +181,14 @@ impl MessageRef {
         }
         Uuid::parse_str(raw).ok().map(Self::Uuid)
     }
+
+    /// The column this reference names and its value, for `WHERE column = $n`.
+    pub(super) fn lookup(&self) -> (&'static str, &(dyn ToSql + Sync)) {
+        match self {
+            Self::Id(id) => ("id", id),
+            Self::Uuid(uuid) => ("uuid", uuid),
+        }
+    }
 }
 
 pub async fn get(
@@ -200,18 +209,13 @@ pub(crate) async fn get_on(
     kind: MessageKind,
     at: MessageRef,
 ) -> Result<Option<MessageView>, StoreError> {
-    let by = |column: &str| {
-        format!(
-            "SELECT {} FROM {} WHERE {column} = $1",
-            columns(kind),
-            table(kind)
-        )
-    };
-    let row = match at {
-        MessageRef::Id(id) => conn.query_opt(&by("id"), &[&id]).await?,
-        MessageRef::Uuid(uuid) => conn.query_opt(&by("uuid"), &[&uuid]).await?,
-    };
-    let Some(row) = row else {
+    let (column, value) = at.lookup();
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {column} = $1",
+        columns(kind),
+        table(kind)
+    );
+    let Some(row) = conn.query_opt(&sql, &[value]).await? else {
         return Ok(None);
     };
     let mut view = MessageView::from_row(kind, &row)?;

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::event::Event;
 use super::slots::{self, InFlight};
-use super::{DispatcherState, PERSISTENCE_CALL, report};
+use super::{DispatcherState, PERSISTENCE_CALL, ask, report};
 use crate::actors::persistence::PersistenceMsg;
 use crate::actors::protocol::{DispatcherMsg, MailerMsg};
 use crate::actors::registry::Registry;
@@ -80,21 +80,10 @@ impl DispatcherState {
         let me = myself.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let result = match persistence {
-                None => Err("persistence is restarting".to_owned()),
-                Some(p) => match ractor::call_t!(
-                    p,
-                    PersistenceMsg::Claim,
-                    PERSISTENCE_CALL.as_millis() as u64,
-                    jobs,
-                    token,
-                    lease
-                ) {
-                    Ok(Ok(jobs)) => Ok(jobs),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                },
-            };
+            let result = ask(persistence, |reply| {
+                PersistenceMsg::Claim(jobs, token, lease, reply)
+            })
+            .await;
             metrics
                 .claim_duration
                 .observe(started.elapsed().as_secs_f64());
@@ -240,14 +229,13 @@ impl DispatcherState {
         }
         self.releasing += 1;
         let registry = self.registry.clone();
-        let queue = self.queue.clone();
         let wake = !self.stopped;
         let me = myself.clone();
         tokio::spawn(async move {
             let released = release_with_retries(&registry, &refs).await;
             match &released {
-                Ok(n) => tracing::info!(
-                    released = n,
+                Ok(back) => tracing::info!(
+                    released = back.len(),
                     claimed = refs.len(),
                     reason = reason.as_str(),
                     "claimed messages returned to the queue unsent"
@@ -259,13 +247,12 @@ impl DispatcherState {
                     "returning claimed messages to the queue failed; their leases will expire"
                 ),
             }
-            if wake && matches!(released, Ok(n) if n > 0) {
-                let jobs: Vec<_> = refs.iter().map(|r| (r.kind, r.id)).collect();
-                if let Err(e) = queue.push(&jobs).await {
-                    tracing::debug!(error = %e, "waking released messages failed; the reconciler will");
-                }
-            }
-            report(&me, Event::Released);
+            // Woken with the other fresh wake-ups, in the next batch.
+            let wake_up = match released {
+                Ok(back) if wake => back.iter().map(|r| (r.kind, r.id)).collect(),
+                _ => Vec::new(),
+            };
+            report(&me, Event::Released(wake_up));
         });
     }
 
@@ -289,11 +276,11 @@ impl DispatcherState {
         let registry = self.registry.clone();
         tokio::spawn(async move {
             tokio::time::sleep(RELEASE_AGAIN).await;
-            if let Ok(n) = release_with_retries(&registry, &refs).await
-                && n > 0
+            if let Ok(back) = release_with_retries(&registry, &refs).await
+                && !back.is_empty()
             {
                 tracing::info!(
-                    released = n,
+                    released = back.len(),
                     "a lost claim committed late; its messages are back in the queue"
                 );
             }
@@ -301,24 +288,25 @@ impl DispatcherState {
     }
 }
 
-async fn release_with_retries(registry: &Registry, refs: &[ClaimRef]) -> Result<usize, String> {
+/// The claims that were still held and are back in the queue.
+async fn release_with_retries(
+    registry: &Registry,
+    refs: &[ClaimRef],
+) -> Result<Vec<ClaimRef>, String> {
     let mut last = String::new();
     for _ in 0..RELEASE_TRIES {
-        let answer = match registry.persistence() {
-            None => Err("persistence is restarting".to_owned()),
-            Some(p) => match ractor::call_t!(
-                p,
-                PersistenceMsg::Release,
-                PERSISTENCE_CALL.as_millis() as u64,
-                refs.to_vec()
-            ) {
-                Ok(Ok(done)) => Ok(done.iter().filter(|d| **d).count()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(e) => Err(e.to_string()),
-            },
-        };
+        let answer = ask(registry.persistence(), |reply| {
+            PersistenceMsg::Release(refs.to_vec(), reply)
+        })
+        .await;
         match answer {
-            Ok(n) => return Ok(n),
+            Ok(done) => {
+                return Ok(refs
+                    .iter()
+                    .zip(done)
+                    .filter_map(|(r, back)| back.then_some(*r))
+                    .collect());
+            }
             Err(e) => last = e,
         }
         tokio::time::sleep(RELEASE_RETRY).await;

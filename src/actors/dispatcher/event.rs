@@ -6,6 +6,7 @@
 
 use std::time::Instant;
 
+use crate::domain::MessageKind;
 use crate::domain::delivery::{AttemptResult, ClaimRef, MailJob, Settled};
 use crate::queue::Entry;
 
@@ -17,8 +18,9 @@ pub enum Event {
     /// The answer to a claim of these entries' messages under this lease
     /// token.
     Claimed(Vec<Entry>, uuid::Uuid, Result<Vec<MailJob>, String>),
-    /// A release of claims is over (done, or left to the leases).
-    Released,
+    /// A release of claims is over (done, or left to the leases), with the
+    /// messages it put back that are to be woken now.
+    Released(Vec<(MessageKind, i64)>),
     /// A batch of outcomes was written.
     Recorded(Recorded),
     /// Writing a batch failed; it is written again after a pause.

@@ -35,17 +35,20 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use self::event::{Event, PendingOutcome};
 use self::slots::{InFlight, MailerSlot};
 use super::ledger::ClaimLedger;
+use super::persistence::PersistenceMsg;
 use super::protocol::{DispatcherMsg, DispatcherReport};
 use super::registry::Registry;
 use crate::config::Config;
 use crate::domain::MessageKind;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
+use crate::store::StoreError;
 use crate::util::AbortOnDrop;
 
 pub use reconciler::{OVERDUE_GRACE, RECONCILE_EVERY, TICK};
@@ -91,6 +94,8 @@ pub struct DispatcherState {
     /// A write failed: nothing is written until the pause is over.
     record_paused: bool,
     to_enqueue: Vec<(MessageKind, i64)>,
+    /// Messages accepted with a `send_at` ahead: `(kind, id, due ms)`.
+    to_schedule: Vec<(MessageKind, i64, i64)>,
     flushing: bool,
     ticking: bool,
     last_reconcile: std::time::Instant,
@@ -135,6 +140,7 @@ impl Actor for Dispatcher {
             recording: 0,
             record_paused: false,
             to_enqueue: Vec::new(),
+            to_schedule: Vec::new(),
             flushing: false,
             ticking: false,
             // Reconcile at the first tick: this is what resumes work left by
@@ -174,7 +180,7 @@ impl Actor for Dispatcher {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             DispatcherMsg::Enqueue(kind, id) => state.enqueue(&myself, kind, id),
-            DispatcherMsg::Schedule(kind, id, due_ms) => state.schedule(kind, id, due_ms),
+            DispatcherMsg::Schedule(kind, id, due_ms) => state.schedule(&myself, kind, id, due_ms),
             DispatcherMsg::MailerUp(i) => {
                 if let Some(slot) = state.slots.get_mut(i) {
                     slot.up = true;
@@ -217,8 +223,10 @@ impl DispatcherState {
                 self.pump(myself);
                 self.check_drained();
             }
-            Event::Released => {
+            Event::Released(wake_up) => {
                 self.releasing -= 1;
+                self.to_enqueue.extend(wake_up);
+                self.flush(myself);
                 self.check_drained();
             }
             Event::Recorded(batch) => self.recorded(myself, batch),
@@ -291,6 +299,24 @@ impl DispatcherState {
         if let Some(free) = slots::read_capacity(&self.slots, self.claiming, self.waiting.len()) {
             self.read(myself, free);
         }
+    }
+}
+
+/// Asks persistence for one unit of work within [`PERSISTENCE_CALL`], from
+/// one of the dispatcher's tasks; every way it can fail (persistence
+/// restarting, timed out, the database refusing) comes back as the text the
+/// log line gives.
+async fn ask<T: Send + 'static>(
+    persistence: Option<ActorRef<PersistenceMsg>>,
+    msg: impl FnOnce(RpcReplyPort<Result<T, StoreError>>) -> PersistenceMsg,
+) -> Result<T, String> {
+    let Some(p) = persistence else {
+        return Err("persistence is restarting".to_owned());
+    };
+    match p.call(msg, Some(PERSISTENCE_CALL)).await {
+        Ok(CallResult::Success(answer)) => answer.map_err(|e| e.to_string()),
+        Ok(other) => Err(ractor::RactorErr::<PersistenceMsg>::from(other).to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

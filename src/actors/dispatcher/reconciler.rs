@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ractor::ActorRef;
 
 use super::event::Event;
-use super::{DispatcherState, PERSISTENCE_CALL, report};
+use super::{DispatcherState, ask, report};
 use crate::actors::persistence::PersistenceMsg;
 use crate::actors::protocol::{DispatcherMsg, log_attempt_of};
 use crate::queue::Queue;
@@ -97,10 +97,9 @@ impl DispatcherState {
 /// claim that failed) is found however long the backlog lasts, and then
 /// waits no longer than the messages around it.
 async fn reconcile_with_postgres(queue: &Queue, persistence: &ActorRef<PersistenceMsg>) -> u64 {
-    let budget = PERSISTENCE_CALL.as_millis() as u64;
     let mut reclaimed = 0;
-    match ractor::call_t!(persistence, PersistenceMsg::ReclaimExpired, budget) {
-        Ok(Ok(taken)) if !taken.is_empty() => {
+    match ask(Some(persistence.clone()), PersistenceMsg::ReclaimExpired).await {
+        Ok(taken) if !taken.is_empty() => {
             reclaimed = taken.len() as u64;
             tracing::warn!(
                 count = taken.len(),
@@ -114,8 +113,8 @@ async fn reconcile_with_postgres(queue: &Queue, persistence: &ActorRef<Persisten
                 tracing::debug!(error = %e, "scheduling reclaimed retries failed");
             }
         }
-        Ok(Err(e)) => tracing::debug!(error = %e, "reclaiming leases failed"),
-        _ => {}
+        Err(e) => tracing::debug!(error = %e, "reclaiming leases failed"),
+        Ok(_) => {}
     }
     let backlog = match queue.backlog_age().await {
         Ok(age) => age,
@@ -124,14 +123,11 @@ async fn reconcile_with_postgres(queue: &Queue, persistence: &ActorRef<Persisten
             Duration::ZERO
         }
     };
-    match ractor::call_t!(
-        persistence,
-        PersistenceMsg::Overdue,
-        budget,
-        OVERDUE_GRACE + backlog,
-        ROUND_LIMIT as i64
-    ) {
-        Ok(Ok(overdue)) if !overdue.is_empty() => {
+    let overdue = ask(Some(persistence.clone()), |reply| {
+        PersistenceMsg::Overdue(OVERDUE_GRACE + backlog, ROUND_LIMIT as i64, reply)
+    });
+    match overdue.await {
+        Ok(overdue) if !overdue.is_empty() => {
             tracing::info!(
                 count = overdue.len(),
                 "re-feeding overdue messages from PostgreSQL"
@@ -143,8 +139,8 @@ async fn reconcile_with_postgres(queue: &Queue, persistence: &ActorRef<Persisten
                 tracing::debug!(error = %e, "re-feeding overdue messages failed");
             }
         }
-        Ok(Err(e)) => tracing::debug!(error = %e, "reading overdue messages failed"),
-        _ => {}
+        Err(e) => tracing::debug!(error = %e, "reading overdue messages failed"),
+        Ok(_) => {}
     }
     reclaimed
 }

@@ -15,7 +15,7 @@ use ractor::ActorRef;
 
 use super::event::{Event, PendingOutcome, Recorded};
 use super::slots::InFlight;
-use super::{DispatcherState, PERSISTENCE_CALL, report};
+use super::{DispatcherState, ask, report};
 use crate::actors::persistence::PersistenceMsg;
 use crate::actors::protocol::{DispatcherMsg, log_attempt};
 use crate::domain::delivery::{AttemptResult, MailJob, Outcome, Settled};
@@ -77,6 +77,9 @@ impl DispatcherState {
             duration_ms: flight.started.elapsed().as_millis() as i64,
         };
         log_attempt(&flight.job, &result);
+        // A mailer enters its own outcomes in the ledger before reporting
+        // them; a crash is an outcome only the dispatcher knows of.
+        self.ledger.owe(&flight.job, &result);
         self.record(myself, flight, result, None);
     }
 
@@ -96,7 +99,6 @@ impl DispatcherState {
         if let Some(slot) = mailer.and_then(|m| self.slots.get_mut(m)) {
             slot.unrecorded = true;
         }
-        self.ledger.owe(&flight.job, &result);
         self.to_record.push(PendingOutcome {
             entry: flight.entry,
             job: flight.job,
@@ -123,19 +125,11 @@ impl DispatcherState {
                 .iter()
                 .map(|o| (o.job.clone(), o.result.clone()))
                 .collect();
-            let result = match persistence {
-                None => Err("persistence is restarting".to_owned()),
-                Some(p) => match ractor::call_t!(
-                    p,
-                    PersistenceMsg::FinishBatch,
-                    PERSISTENCE_CALL.as_millis() as u64,
-                    done
-                ) {
-                    Ok(Ok(settled)) => Ok(settled.into_iter().flatten().collect()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                },
-            };
+            let result = ask(persistence, |reply| {
+                PersistenceMsg::FinishBatch(done, reply)
+            })
+            .await
+            .map(|settled| settled.into_iter().flatten().collect::<Vec<_>>());
             match result {
                 Ok(settled) => {
                     for o in &batch {
@@ -215,6 +209,7 @@ impl DispatcherState {
             );
         }
         for (job, result) in left.unrecorded {
+            self.ledger.owe(&job, &result);
             self.record(myself, InFlight::new(None, job), result, None);
         }
         self.release_orphans(myself, left.unstarted);

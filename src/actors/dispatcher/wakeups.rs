@@ -21,23 +21,28 @@ impl DispatcherState {
         self.flush(myself);
     }
 
-    /// Schedules a message accepted with a `send_at` ahead.
-    pub(super) fn schedule(&mut self, kind: MessageKind, id: i64, due_ms: i64) {
-        let queue = self.queue.clone();
-        tokio::spawn(async move {
-            if let Err(e) = queue.schedule(&[(kind, id, due_ms)]).await {
-                tracing::warn!(redis = queue.address(), error = %e, "scheduling a send_at in Redis failed; the reconciler will re-feed it when due");
-            }
-        });
+    /// Schedules a message accepted with a `send_at` ahead, in the same
+    /// batches as the wake-ups.
+    pub(super) fn schedule(
+        &mut self,
+        myself: &ActorRef<DispatcherMsg>,
+        kind: MessageKind,
+        id: i64,
+        due_ms: i64,
+    ) {
+        self.to_schedule.push((kind, id, due_ms));
+        self.flush(myself);
     }
 
-    /// Sends the batch of fresh wake-ups, one pipelined round trip.
+    /// Sends the batch of fresh wake-ups (one pipelined round trip) and of
+    /// scheduled sends (one command).
     pub(super) fn flush(&mut self, myself: &ActorRef<DispatcherMsg>) {
-        if self.flushing || self.to_enqueue.is_empty() {
+        if self.flushing || (self.to_enqueue.is_empty() && self.to_schedule.is_empty()) {
             return;
         }
         self.flushing = true;
         let batch = std::mem::take(&mut self.to_enqueue);
+        let scheduled = std::mem::take(&mut self.to_schedule);
         let queue = self.queue.clone();
         // While Redis is known to be down, the reader has said so once.
         let known_down = self.redis_down_since.is_some();
@@ -49,6 +54,9 @@ impl DispatcherState {
                 } else {
                     tracing::warn!(redis = queue.address(), error = %e, count = batch.len(), "pushing wake-ups to Redis failed; the reconciler will re-feed them");
                 }
+            }
+            if let Err(e) = queue.schedule(&scheduled).await {
+                tracing::warn!(redis = queue.address(), error = %e, count = scheduled.len(), "scheduling send_at times in Redis failed; the reconciler will re-feed them when due");
             }
             report(&me, Event::Flushed);
         });
