@@ -12,9 +12,11 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod cors;
 mod secret;
 mod vars;
 
+pub use cors::CorsConfig;
 pub use secret::Secret;
 use vars::Vars;
 
@@ -101,6 +103,8 @@ pub struct Config {
     pub contact_rate_limit: u32,
     pub shutdown_timeout: Duration,
     pub idempotency_ttl: Duration,
+    /// Browser origins allowed to call the API (`CORS_*`).
+    pub cors: CorsConfig,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -272,6 +276,7 @@ impl Config {
             contact_rate_limit: v.parse("CONTACT_RATE_LIMIT", 0)?,
             shutdown_timeout: Duration::from_secs(v.parse("SHUTDOWN_TIMEOUT", 30)?),
             idempotency_ttl: Duration::from_secs(idempotency_ttl_hours * 3600),
+            cors: cors::read(&v)?,
         })
         .and_then(|c: Config| {
             if c.smtp.use_tls && c.smtp.use_ssl {

@@ -2,12 +2,16 @@
 //! per-request log line. Handlers never touch PostgreSQL or Redis themselves;
 //! they ask the actors, found through the actors' [`Registry`].
 //!
-//! Every path answers with and without its trailing slash. Every answer is
-//! JSON, carries `X-Request-Id` (the client's, when it sent a sane one), and
-//! is logged once with method, path, status, duration and request id.
+//! Every path answers with and without its trailing slash, `HEAD` wherever
+//! `GET`, and `OPTIONS` everywhere (CORS preflights, `cors.rs`). Every answer
+//! but the admin page's files (`admin.rs`) is JSON, carries `X-Request-Id`
+//! (the client's, when it sent a sane one), the CORS headers its origin may
+//! have, and is logged once with method, path, status, duration and request id.
 
+mod admin;
 mod auth;
 mod control;
+mod cors;
 mod error;
 mod health;
 pub mod ingress;
@@ -81,6 +85,8 @@ enum Endpoint<'a> {
     Detail(MessageKind, &'a str),
     /// An operator's action on one message: `.../{id}/cancel/`, `.../{id}/retry/`.
     Action(MessageKind, &'a str, ActionName),
+    /// The operator's inbox page and its files, under `/admin/`.
+    Admin(admin::Asset),
 }
 
 impl<'a> Endpoint<'a> {
@@ -98,6 +104,7 @@ impl<'a> Endpoint<'a> {
             ["livez"] => Some(Self::Livez),
             ["healthz"] => Some(Self::Healthz),
             ["metrics"] => Some(Self::Metrics),
+            ["admin", rest @ ..] => admin::Asset::parse(rest).map(Self::Admin),
             ["api", name] => kind(name).map(Self::Collection),
             ["api", name, id] if !id.is_empty() => kind(name).map(|k| Self::Detail(k, id)),
             ["api", name, id, action] if !id.is_empty() => {
@@ -124,21 +131,32 @@ impl<'a> Endpoint<'a> {
             Self::Action(MessageKind::Contact, _, ActionName::Retry) => "/api/contact/{id}/retry/",
             Self::Action(MessageKind::Notify, _, ActionName::Cancel) => "/api/notify/{id}/cancel/",
             Self::Action(MessageKind::Notify, _, ActionName::Retry) => "/api/notify/{id}/retry/",
+            Self::Admin(asset) => asset.label(),
         }
     }
 
     fn allow(self) -> &'static str {
         match self {
-            Self::Collection(_) => "GET, POST",
-            Self::Action(..) => "POST",
-            _ => "GET",
+            Self::Collection(_) => "GET, HEAD, POST, OPTIONS",
+            Self::Action(..) => "POST, OPTIONS",
+            _ => "GET, HEAD, OPTIONS",
         }
     }
 
-    /// Only the public contact form and the probes go without a token.
+    fn allows(self, method: &Method) -> bool {
+        let read = method == Method::GET || method == Method::HEAD;
+        match self {
+            Self::Collection(_) => read || method == Method::POST,
+            Self::Action(..) => method == Method::POST,
+            _ => read,
+        }
+    }
+
+    /// Only the public contact form, the probes and the admin page (its
+    /// files hold no data; its data calls need the token) go without one.
     fn is_public(self, method: &Method) -> bool {
         match self {
-            Self::Livez | Self::Healthz => true,
+            Self::Livez | Self::Healthz | Self::Admin(_) => true,
             Self::Collection(MessageKind::Contact) => method == Method::POST,
             _ => false,
         }
@@ -155,6 +173,7 @@ pub async fn handle(
     let request_id = request_id(&req);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let origin = cors::origin(req.headers());
     let endpoint = Endpoint::parse(&path);
     let route = endpoint.map_or("unmatched", Endpoint::label);
     // A refusal may come before the body is read (415, 413, 401, 429...);
@@ -184,6 +203,7 @@ pub async fn handle(
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
+    cors::apply(&mut resp, origin.as_deref(), &ctx.config.cors);
     if has_body && resp.status().as_u16() >= 400 {
         resp.headers_mut()
             .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
@@ -249,12 +269,17 @@ async fn route_to(
     request_id: &str,
 ) -> Result<HttpResponse, ApiError> {
     let method = req.method().clone();
-    let allowed = match endpoint {
-        Endpoint::Collection(_) => method == Method::GET || method == Method::POST,
-        Endpoint::Action(..) => method == Method::POST,
-        _ => method == Method::GET,
-    };
-    if !allowed {
+    // Before the token check: a browser's preflight never carries one.
+    if method == Method::OPTIONS {
+        let origin = cors::origin(req.headers());
+        return Ok(cors::options(
+            req.headers(),
+            endpoint.allow(),
+            origin.as_deref(),
+            &ctx.config.cors,
+        ));
+    }
+    if !endpoint.allows(&method) {
         return Err(ApiError::MethodNotAllowed {
             method: method.to_string(),
             allow: endpoint.allow(),
@@ -291,6 +316,7 @@ async fn route_to(
         Endpoint::Collection(kind) => messages::list(req, ctx, kind).await,
         Endpoint::Detail(kind, id) => messages::detail(ctx, kind, id).await,
         Endpoint::Action(kind, id, action) => control::act(req, ctx, kind, id, action).await,
+        Endpoint::Admin(asset) => Ok(admin::serve(asset, req.headers())),
     }
 }
 

@@ -69,7 +69,7 @@ async fn actions_on_unknown_messages_wrong_methods_and_unknown_actions() {
         .send(Method::GET, "/api/notify/1/cancel/", &[], "")
         .await;
     assert_eq!(r.status, 405, "{}", r.text());
-    assert_eq!(r.header("allow"), Some("POST"));
+    assert_eq!(r.header("allow"), Some("POST, OPTIONS"));
     app.shutdown().await;
 }
 

@@ -5,8 +5,10 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod admin;
 mod blocked;
 mod control;
+mod cors;
 mod idempotency;
 mod protocol;
 mod read;

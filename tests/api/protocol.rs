@@ -303,17 +303,17 @@ async fn wrong_methods_return_405_with_the_allowed_methods() {
     let app = spawn_app().await;
     let body = serde_json::to_vec(&valid_notify()).unwrap();
     let cases = [
-        (Method::DELETE, "/api/contact/", "GET, POST"),
-        (Method::PUT, "/api/contact/", "GET, POST"),
-        (Method::PATCH, "/api/contact", "GET, POST"),
-        (Method::DELETE, "/api/notify/", "GET, POST"),
-        (Method::PUT, "/api/notify", "GET, POST"),
-        (Method::POST, "/api/contact/1/", "GET"),
-        (Method::DELETE, "/api/contact/1/", "GET"),
-        (Method::POST, "/api/notify/1", "GET"),
-        (Method::PUT, "/api/notify/1/", "GET"),
-        (Method::POST, "/healthz", "GET"),
-        (Method::POST, "/livez/", "GET"),
+        (Method::DELETE, "/api/contact/", "GET, HEAD, POST, OPTIONS"),
+        (Method::PUT, "/api/contact/", "GET, HEAD, POST, OPTIONS"),
+        (Method::PATCH, "/api/contact", "GET, HEAD, POST, OPTIONS"),
+        (Method::DELETE, "/api/notify/", "GET, HEAD, POST, OPTIONS"),
+        (Method::PUT, "/api/notify", "GET, HEAD, POST, OPTIONS"),
+        (Method::POST, "/api/contact/1/", "GET, HEAD, OPTIONS"),
+        (Method::DELETE, "/api/contact/1/", "GET, HEAD, OPTIONS"),
+        (Method::POST, "/api/notify/1", "GET, HEAD, OPTIONS"),
+        (Method::PUT, "/api/notify/1/", "GET, HEAD, OPTIONS"),
+        (Method::POST, "/healthz", "GET, HEAD, OPTIONS"),
+        (Method::POST, "/livez/", "GET, HEAD, OPTIONS"),
     ];
     for (method, path, allow) in cases {
         let resp = app.send(method.clone(), path, &[JSON], body.clone()).await;
