@@ -88,6 +88,19 @@ ensure_redis() {
         deps_fail "redis-server still not on PATH after installing it"
 }
 
+# Debian's headless Chromium and its WebDriver, for the browser tests
+# (tests/browser). Nothing is downloaded besides these two packages.
+ensure_chromium() {
+    if [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]; then
+        return 0
+    fi
+    deps_log "deps: chromium or chromedriver not found, installing them"
+    _deps_apt_install chromium chromium-driver ||
+        deps_fail "could not install chromium and chromium-driver" || return 1
+    [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] ||
+        deps_fail "/usr/bin/chromium or /usr/bin/chromedriver still missing after installing them"
+}
+
 # Finds a PostgreSQL server bin dir without installing anything.
 _deps_find_pg_bin() {
     local d

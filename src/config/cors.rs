@@ -36,7 +36,7 @@ impl CorsConfig {
         // Browsers send scheme and host in lower case; a hand-written
         // header may not, and the comparison should not care.
         let origin = origin.to_ascii_lowercase();
-        self.allowed_origins.iter().any(|o| *o == origin)
+        self.allowed_origins.contains(&origin)
             || self
                 .origin_regexes
                 .iter()

@@ -1,0 +1,402 @@
+//! The admin page (`/admin/`) in Chromium against the running service: it
+//! follows the messages by itself, its buttons act, strangers' content stays
+//! text, and without a valid token it shows nothing.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::{Mode, SmtpSink, TestApp, poll_until};
+use crate::driver::{Browser, SHOWS_WITHIN};
+
+/// The status the page shows in the row of message `uuid`, once there.
+const ROW_STATUS: &str =
+    "const tr = document.querySelector(`#rows tr[data-uuid=\"${arguments[0]}\"]`);
+     return tr ? tr.querySelector('.badge').textContent : null;";
+
+async fn row_status(b: &Browser, uuid: &str) -> String {
+    let v = b
+        .wait_for(&format!("a row for {uuid}"), ROW_STATUS, vec![json!(uuid)])
+        .await;
+    v.as_str().unwrap().to_owned()
+}
+
+async fn wait_row_status(b: &Browser, uuid: &str, want: &str) {
+    b.wait_for(
+        &format!("the row of {uuid} to show {want}"),
+        "const tr = document.querySelector(`#rows tr[data-uuid=\"${arguments[0]}\"]`);
+         return tr !== null && tr.querySelector('.badge').textContent === arguments[1];",
+        vec![json!(uuid), json!(want)],
+    )
+    .await;
+}
+
+async fn open_row(b: &Browser, uuid: &str) {
+    row_status(b, uuid).await;
+    b.find(&format!("#rows tr[data-uuid=\"{uuid}\"] td.what"))
+        .await
+        .click()
+        .await
+        .expect("open the row");
+    b.wait_for(
+        "the detail pane",
+        "const d = document.getElementById('detail');
+         return !d.hidden && d.dataset.status ? d.dataset.status : null;",
+        vec![],
+    )
+    .await;
+}
+
+async fn detail_status(b: &Browser, want: &str) {
+    b.wait_for(
+        &format!("the detail pane to show {want}"),
+        "return document.getElementById('detail').dataset.status === arguments[0];",
+        vec![json!(want)],
+    )
+    .await;
+}
+
+async fn click(b: &Browser, css: &str) {
+    b.find(css).await.click().await.expect("click");
+}
+
+async fn status_of(app: &TestApp, kind: &str, uuid: &str) -> String {
+    app.detail(kind, uuid).await["status"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn wait_status(app: &TestApp, kind: &str, uuid: &str, want: &str) {
+    poll_until(SHOWS_WITHIN, &format!("{uuid} to be {want}"), || async {
+        let s = status_of(app, kind, uuid).await;
+        if s == want { Ok(()) } else { Err(s) }
+    })
+    .await;
+}
+
+fn in_an_hour() -> String {
+    (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_posted_through_the_api_appears_and_turns_sent_without_a_reload() {
+    // A slow SMTP server keeps the message unsent for a few polls.
+    let sink = SmtpSink::start(Mode::Slow(Duration::from_secs(4))).await;
+    let app = TestApp::builder().sink(&sink).start().await;
+    let b = Browser::start().await;
+    b.goto(&app.url("/admin/")).await;
+    b.wait_for(
+        "the page to be up",
+        "return !document.getElementById('app').hidden;",
+        vec![],
+    )
+    .await;
+    b.js("window.__sameDocument = true;", vec![]).await;
+
+    let r = app
+        .post_json(
+            "/api/contact/",
+            &json!({"name": "Grace Hopper", "email": "grace@example.org",
+                    "message": "Please look at the compiler."}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let uuid = r.json()["uuid"].as_str().unwrap().to_owned();
+    let first = row_status(&b, &uuid).await;
+    assert!(
+        first == "queued" || first == "sending",
+        "seen first as {first}"
+    );
+    wait_row_status(&b, &uuid, "sent").await;
+    assert_eq!(
+        b.js("return window.__sameDocument === true;", vec![]).await,
+        true,
+        "the page reloaded"
+    );
+    b.wait_for(
+        "the health strip",
+        "return document.getElementById('health').textContent.includes('mailer-0');",
+        vec![],
+    )
+    .await;
+    b.screenshot("admin-list").await;
+
+    open_row(&b, &uuid).await;
+    let attempts = b
+        .wait_for(
+            "the attempt with its SMTP code",
+            "const t = document.querySelector('#d-attempts tbody').textContent;
+             return t.includes('250') ? t : null;",
+            vec![],
+        )
+        .await;
+    assert!(attempts.as_str().unwrap().contains("sent"), "{attempts}");
+    let text = b
+        .js(
+            "return document.getElementById('d-text').textContent;",
+            vec![],
+        )
+        .await;
+    assert_eq!(text, "Please look at the compiler.");
+    b.screenshot("admin-detail").await;
+    b.close().await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resend_cancel_and_bulk_cancel_work_from_the_buttons() {
+    let sink = SmtpSink::start(Mode::Accept).await;
+    let app = TestApp::builder().sink(&sink).start().await;
+    let later = |subject: &str| json!({"to": "ops@example.org", "subject": subject, "body": "b", "send_at": in_an_hour()});
+    let scheduled = app.notify(&later("scheduled")).await;
+    let bulk: Vec<String> = vec![
+        app.notify(&later("bulk one")).await,
+        app.notify(&later("bulk two")).await,
+    ];
+    let sent = app
+        .notify_and_wait(
+            &json!({"to": "ops@example.org", "subject": "sent once", "body": "b"}),
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(sent["status"], "sent");
+    let sent = sent["uuid"].as_str().unwrap().to_owned();
+
+    let b = Browser::start().await;
+    b.goto(&app.url("/admin/")).await;
+    click(&b, ".tab[data-kind=notify]").await;
+
+    // Cancel a queued message, then resend it: it goes out.
+    open_row(&b, &scheduled).await;
+    detail_status(&b, "queued").await;
+    click(&b, "#d-cancel").await;
+    wait_status(&app, "notify", &scheduled, "cancelled").await;
+    detail_status(&b, "cancelled").await;
+    wait_row_status(&b, &scheduled, "cancelled").await;
+    click(&b, "#d-retry").await;
+    poll_until(SHOWS_WITHIN, "the resent message at the sink", || async {
+        sink.received().iter().any(|m| m.raw.contains(&scheduled))
+    })
+    .await;
+    wait_row_status(&b, &scheduled, "sent").await;
+
+    // Force a second delivery of a sent one: same Message-ID, twice.
+    open_row(&b, &sent).await;
+    detail_status(&b, "sent").await;
+    click(&b, "#d-force").await;
+    poll_until(SHOWS_WITHIN, "a second copy at the sink", || async {
+        let n = sink
+            .received()
+            .iter()
+            .filter(|m| m.raw.contains(&sent))
+            .count();
+        if n == 2 { Ok(()) } else { Err(n) }
+    })
+    .await;
+
+    // A checkbox selection, cancelled in one go.
+    for uuid in &bulk {
+        row_status(&b, uuid).await;
+        click(&b, &format!("#rows tr[data-uuid=\"{uuid}\"] input.select")).await;
+    }
+    let selected = b
+        .js(
+            "return document.getElementById('selection').textContent;",
+            vec![],
+        )
+        .await;
+    assert_eq!(selected, "2 selected");
+    click(&b, "#bulk-cancel").await;
+    for uuid in &bulk {
+        wait_status(&app, "notify", uuid, "cancelled").await;
+        wait_row_status(&b, uuid, "cancelled").await;
+    }
+    let said = b
+        .wait_for(
+            "the bulk result",
+            "const t = document.getElementById('bulk-result').textContent;
+             return t.includes('changed') ? t : null;",
+            vec![],
+        )
+        .await;
+    assert_eq!(said, "2 of 2 changed", "{said}");
+    b.screenshot("admin-actions").await;
+    b.close().await;
+    app.shutdown().await;
+}
+
+const HOSTILE: &str = "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=1\">";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_content_shows_as_text_and_runs_nothing() {
+    let app = TestApp::builder().start().await;
+    let r = app
+        .post_json(
+            "/api/contact/",
+            &json!({"name": format!("Mallory {HOSTILE}"), "email": "m@example.org",
+                    "message": format!("Hi {HOSTILE} bye")}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let contact = r.json()["uuid"].as_str().unwrap().to_owned();
+    let notify = app
+        .notify(&json!({
+            "to": "ops@example.org",
+            "subject": format!("Subject {HOSTILE}"),
+            "body": "plain",
+            "html": format!("<p>Rich <b>part</b></p>{HOSTILE}\
+                <img src=x onerror=\"parent.__pwned=1\"><script>parent.__pwned=1</script>"),
+        }))
+        .await;
+
+    let b = Browser::start().await;
+    b.goto(&app.url("/admin/")).await;
+    open_row(&b, &contact).await;
+    let shown = b
+        .js(
+            "const row = document.querySelector(`#rows tr[data-uuid=\"${arguments[0]}\"]`);
+             return {
+               row: row.textContent,
+               text: document.getElementById('d-text').textContent,
+               fields: document.getElementById('d-fields').textContent,
+               injected: document.querySelectorAll('#rows img, #rows script, #detail img, #detail script').length,
+             };",
+            vec![json!(contact)],
+        )
+        .await;
+    assert_eq!(
+        shown["injected"], 0,
+        "markup from a message became elements: {shown}"
+    );
+    assert!(
+        shown["row"].as_str().unwrap().contains("Mallory <script>"),
+        "{shown}"
+    );
+    assert_eq!(shown["text"], format!("Hi {HOSTILE} bye"), "{shown}");
+    assert!(
+        shown["fields"].as_str().unwrap().contains(HOSTILE),
+        "{shown}"
+    );
+    b.screenshot("admin-hostile-contact").await;
+
+    click(&b, ".tab[data-kind=notify]").await;
+    open_row(&b, &notify).await;
+    let frame = b
+        .wait_for(
+            "the HTML part's frame",
+            "const f = document.getElementById('d-html');
+             return f.srcdoc ? {sandbox: f.getAttribute('sandbox'), visible: !document.getElementById('d-html-box').hidden} : null;",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        frame["sandbox"], "",
+        "a sandbox without any allowance: {frame}"
+    );
+    assert_eq!(frame["visible"], true);
+    // The part renders inside its frame, as markup, and ran nothing there.
+    b.find("#d-html")
+        .await
+        .enter_frame()
+        .await
+        .expect("enter the frame");
+    let inside = b
+        .wait_for(
+            "the HTML part inside its frame",
+            "return document.body && document.body.innerText.includes('Rich part')
+                ? {bold: document.querySelectorAll('b').length, pwned: window.__pwned === undefined
+                    && (function () { try { return parent.__pwned === undefined; } catch (e) { return true; } })()}
+                : null;",
+            vec![],
+        )
+        .await;
+    b.client
+        .enter_parent_frame()
+        .await
+        .expect("leave the frame");
+    assert_eq!(
+        inside["bold"], 1,
+        "the HTML part is shown as HTML: {inside}"
+    );
+    assert_eq!(inside["pwned"], true, "a script ran in the frame: {inside}");
+    // Two polls later, nothing has run, here or in the frame.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let pwned: Value = b.js("return window.__pwned === undefined;", vec![]).await;
+    assert_eq!(pwned, true, "a script from a message ran");
+    let injected = b
+        .js(
+            "return document.querySelectorAll('#rows img, #rows script, #detail img, #detail script').length;",
+            vec![],
+        )
+        .await;
+    assert_eq!(injected, 0);
+    b.screenshot("admin-hostile-notification").await;
+    b.close().await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_set_a_wrong_token_shows_no_data_and_the_right_one_does() {
+    let app = TestApp::builder().env("API_TOKEN", "s3cret").start().await;
+    let r = app
+        .post_json(
+            "/api/contact/",
+            &json!({"name": "Private Person", "email": "p@example.org", "message": "private"}),
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    let uuid = r.json()["uuid"].as_str().unwrap().to_owned();
+
+    let b = Browser::start().await;
+    b.goto(&app.url("/admin/")).await;
+    b.wait_for(
+        "the token prompt",
+        "return !document.getElementById('login').hidden;",
+        vec![],
+    )
+    .await;
+    let token = b.find("#token").await;
+    token.send_keys("wrong-token").await.unwrap();
+    click(&b, "#login-form button[type=submit]").await;
+    let error = b
+        .wait_for(
+            "the refusal",
+            "const t = document.getElementById('login-error').textContent;
+             return t.includes('refused') ? t : null;",
+            vec![],
+        )
+        .await;
+    assert!(error.as_str().unwrap().contains("refused"));
+    let seen = b
+        .js(
+            "return {app: document.getElementById('app').hidden,
+                     rows: document.querySelectorAll('#rows tr').length,
+                     text: document.body.innerText,
+                     stored: sessionStorage.length};",
+            vec![],
+        )
+        .await;
+    assert_eq!(seen["app"], true, "{seen}");
+    assert_eq!(seen["rows"], 0, "{seen}");
+    assert!(
+        !seen["text"].as_str().unwrap().contains("Private Person"),
+        "{seen}"
+    );
+    assert_eq!(seen["stored"], 0, "a refused token is not kept");
+    b.screenshot("admin-token-refused").await;
+
+    let token = b.find("#token").await;
+    token.send_keys("s3cret").await.unwrap();
+    click(&b, "#login-form button[type=submit]").await;
+    row_status(&b, &uuid).await;
+    let kept = b
+        .js(
+            "return Object.values(sessionStorage).includes('s3cret');",
+            vec![],
+        )
+        .await;
+    assert_eq!(kept, true, "the token is kept in the tab's session storage");
+    b.close().await;
+    app.shutdown().await;
+}
