@@ -123,6 +123,9 @@ fn other_invalid_values_each_stop_the_start_with_one_line() {
         ("IDEMPOTENCY_TTL_HOURS", "0"),
         ("HOST", "example"),
         ("CONTACT_RATE_LIMIT", "lots"),
+        ("CORS_ALLOWED_ORIGINS", "https://blog.example.com/contact"),
+        ("CORS_ALLOWED_ORIGIN_REGEXES", "https://(unclosed"),
+        ("CORS_ALLOW_ALL_ORIGINS", "sometimes"),
     ] {
         assert_refused(variable, value);
     }

@@ -58,8 +58,17 @@ pub(super) fn read(v: &Vars) -> Result<CorsConfig, ConfigError> {
     let origin_regexes = list(v, REGEXES)
         .into_iter()
         .map(|r| {
-            Regex::new(&r)
-                .map_err(|e| v.error(REGEXES, &r, &format!("not a valid regular expression: {e}")))
+            Regex::new(&r).map_err(|e| {
+                // The parser's message spans lines (the pattern, a caret);
+                // the start error is one line.
+                let e = e.to_string();
+                let e: Vec<&str> = e.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+                v.error(
+                    REGEXES,
+                    &r,
+                    &format!("not a valid regular expression: {}", e.join(" ")),
+                )
+            })
         })
         .collect::<Result<_, _>>()?;
     Ok(CorsConfig {

@@ -221,6 +221,22 @@ async fn resend_cancel_and_bulk_cancel_work_from_the_buttons() {
         )
         .await;
     assert_eq!(said, "2 of 2 changed", "{said}");
+
+    // The status filter (the list's `?status=`): only the cancelled two.
+    b.find("#f-status")
+        .await
+        .select_by_label("cancelled")
+        .await
+        .expect("choose a status");
+    let mut want = bulk.clone();
+    want.sort();
+    b.wait_for(
+        "only the cancelled messages listed",
+        "const ids = [...document.querySelectorAll('#rows tr')].map(tr => tr.dataset.uuid).sort();
+         return JSON.stringify(ids) === JSON.stringify(arguments[0]);",
+        vec![json!(want)],
+    )
+    .await;
     b.screenshot("admin-actions").await;
     b.close().await;
     app.shutdown().await;

@@ -22,6 +22,8 @@
     pageUrl: null,
     detailId: null,
     detailHtml: null,
+    // the status an action's answer reported, while its note is shown
+    resultStatus: null,
     timer: null,
     refreshing: false,
     again: false,
@@ -216,6 +218,7 @@
 
   function closeDetail() {
     state.detailId = null;
+    state.resultStatus = null;
     state.detailHtml = null;
     $('detail').hidden = true;
     $('d-html').srcdoc = '';
@@ -290,6 +293,11 @@
     }
     $('d-events').replaceChildren(list);
 
+    // An action's "now queued" goes once the message has moved on.
+    if (state.resultStatus && m.status !== state.resultStatus) {
+      state.resultStatus = null;
+      $('d-result').textContent = '';
+    }
     $('d-retry').disabled = !(m.status === 'failed' || m.status === 'cancelled');
     $('d-force').disabled = m.status !== 'sent';
     $('d-cancel').disabled = m.status !== 'queued';
@@ -320,6 +328,7 @@
     $('d-result').textContent = '…';
     try {
       const r = await api(actionPath(id, action, force), 'POST');
+      state.resultStatus = r.ok && r.data ? r.data.status : null;
       $('d-result').textContent = r.ok ? 'Done: now ' + (r.data && r.data.status) : problem(r);
     } catch (e) {
       return failed(e);
