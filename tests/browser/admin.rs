@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::common::{Mode, SmtpSink, TestApp, poll_until};
 use crate::driver::{Browser, SHOWS_WITHIN};
