@@ -43,18 +43,13 @@ pub fn origin(headers: &HeaderMap) -> Option<String> {
 
 /// The answer to `OPTIONS` on a known path: `204` with `Allow`; for a
 /// preflight from an allowed origin, the methods and headers it may use.
-pub fn options(
-    headers: &HeaderMap,
-    allow: &'static str,
-    origin: Option<&str>,
-    config: &CorsConfig,
-) -> HttpResponse {
+pub fn options(headers: &HeaderMap, allow: &'static str, config: &CorsConfig) -> HttpResponse {
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let h = resp.headers_mut();
     h.insert(ALLOW, HeaderValue::from_static(allow));
     let preflight = headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD);
-    if preflight && origin.is_some_and(|o| config.allows(o)) {
+    if preflight && origin(headers).is_some_and(|o| config.allows(&o)) {
         h.insert(
             ACCESS_CONTROL_ALLOW_METHODS,
             HeaderValue::from_static(allow),

@@ -271,11 +271,9 @@ async fn route_to(
     let method = req.method().clone();
     // Before the token check: a browser's preflight never carries one.
     if method == Method::OPTIONS {
-        let origin = cors::origin(req.headers());
         return Ok(cors::options(
             req.headers(),
             endpoint.allow(),
-            origin.as_deref(),
             &ctx.config.cors,
         ));
     }
