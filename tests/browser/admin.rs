@@ -145,7 +145,7 @@ async fn a_message_posted_through_the_api_appears_and_turns_sent_without_a_reloa
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resend_cancel_and_bulk_cancel_work_from_the_buttons() {
+async fn resend_cancel_bulk_cancel_and_the_filters_work_from_the_page() {
     let sink = SmtpSink::start(Mode::Accept).await;
     let app = TestApp::builder().sink(&sink).start().await;
     let later = |subject: &str| json!({"to": "ops@example.org", "subject": subject, "body": "b", "send_at": in_an_hour()});
@@ -238,6 +238,62 @@ async fn resend_cancel_and_bulk_cancel_work_from_the_buttons() {
     )
     .await;
     b.screenshot("admin-actions").await;
+
+    // The other filters go out as the list parameters of the contract
+    // (the server may not apply them all yet; the page must send them).
+    b.js(
+        "window.__asked = [];
+         const fetch0 = window.fetch;
+         window.fetch = (url, init) => { window.__asked.push(String(url)); return fetch0(url, init); };",
+        vec![],
+    )
+    .await;
+    b.find("#f-recipient")
+        .await
+        .send_keys("ops@example.org")
+        .await
+        .expect("type");
+    b.find("#f-search")
+        .await
+        .send_keys("bulk one")
+        .await
+        .expect("type");
+    b.js(
+        "for (const [id, v] of [['f-after', '2026-01-02T03:04'], ['f-before', '2030-05-06T07:08']]) {
+           const input = document.getElementById(id);
+           input.value = v;
+           input.dispatchEvent(new Event('change', {bubbles: true}));
+         }",
+        vec![],
+    )
+    .await;
+    let asked = b
+        .wait_for(
+            "a list request with every filter",
+            "return window.__asked.map(u => new URL(u, location.href)).find(u =>
+               u.pathname === '/api/notify/' && u.searchParams.get('to') === 'ops@example.org'
+               && u.searchParams.get('search') === 'bulk one' && u.searchParams.has('created_after')
+               && u.searchParams.has('created_before'))?.search ?? null;",
+            vec![],
+        )
+        .await;
+    let query: std::collections::HashMap<String, String> =
+        form_urlencoded::parse(asked.as_str().unwrap().trim_start_matches('?').as_bytes())
+            .into_owned()
+            .collect();
+    assert_eq!(query["status"], "cancelled", "{asked}");
+    assert_eq!(
+        query["cursor"], "",
+        "keyset paging from the newest: {asked}"
+    );
+    for (name, year) in [
+        ("created_after", "2026-01-0"),
+        ("created_before", "2030-05-0"),
+    ] {
+        let t = chrono::DateTime::parse_from_rfc3339(&query[name])
+            .unwrap_or_else(|e| panic!("{name} is not RFC 3339 ({e}): {asked}"));
+        assert!(t.to_rfc3339().starts_with(year), "{name}: {asked}");
+    }
     b.close().await;
     app.shutdown().await;
 }
