@@ -384,7 +384,8 @@
       if (k === 'children' && v && typeof v === 'object') {
         const restarts = Object.values(v).reduce((n, c) => n + ((c && c.restarts) || 0), 0);
         parts.push(Object.keys(v).length + ' children, ' + restarts + ' restarts');
-      } else if (v === null || typeof v !== 'object') {
+      } else if (v !== null && typeof v !== 'object') {
+        // Unset values (no Redis error, nothing being sent) say nothing.
         parts.push(k + '=' + v);
       }
     }
