@@ -7,10 +7,12 @@
 //! is logged once with method, path, status, duration and request id.
 
 mod auth;
+mod bulk;
 mod control;
 mod error;
 mod health;
 pub mod ingress;
+mod listing;
 mod messages;
 pub mod ratelimit;
 pub mod server;
@@ -81,6 +83,9 @@ enum Endpoint<'a> {
     Detail(MessageKind, &'a str),
     /// An operator's action on one message: `.../{id}/cancel/`, `.../{id}/retry/`.
     Action(MessageKind, &'a str, ActionName),
+    /// An operator's action on every message a filter matches:
+    /// `/api/{kind}/cancel/`, `/api/{kind}/retry/` (never an id).
+    Bulk(MessageKind, ActionName),
 }
 
 impl<'a> Endpoint<'a> {
@@ -99,6 +104,10 @@ impl<'a> Endpoint<'a> {
             ["healthz"] => Some(Self::Healthz),
             ["metrics"] => Some(Self::Metrics),
             ["api", name] => kind(name).map(Self::Collection),
+            ["api", name, action] if ActionName::parse(action).is_some() => {
+                let action = ActionName::parse(action)?;
+                kind(name).map(|k| Self::Bulk(k, action))
+            }
             ["api", name, id] if !id.is_empty() => kind(name).map(|k| Self::Detail(k, id)),
             ["api", name, id, action] if !id.is_empty() => {
                 let action = ActionName::parse(action)?;
@@ -124,13 +133,17 @@ impl<'a> Endpoint<'a> {
             Self::Action(MessageKind::Contact, _, ActionName::Retry) => "/api/contact/{id}/retry/",
             Self::Action(MessageKind::Notify, _, ActionName::Cancel) => "/api/notify/{id}/cancel/",
             Self::Action(MessageKind::Notify, _, ActionName::Retry) => "/api/notify/{id}/retry/",
+            Self::Bulk(MessageKind::Contact, ActionName::Cancel) => "/api/contact/cancel/",
+            Self::Bulk(MessageKind::Contact, ActionName::Retry) => "/api/contact/retry/",
+            Self::Bulk(MessageKind::Notify, ActionName::Cancel) => "/api/notify/cancel/",
+            Self::Bulk(MessageKind::Notify, ActionName::Retry) => "/api/notify/retry/",
         }
     }
 
     fn allow(self) -> &'static str {
         match self {
             Self::Collection(_) => "GET, POST",
-            Self::Action(..) => "POST",
+            Self::Action(..) | Self::Bulk(..) => "POST",
             _ => "GET",
         }
     }
@@ -244,14 +257,14 @@ fn request_id(req: &Request<Incoming>) -> String {
 async fn route_to(
     endpoint: Endpoint<'_>,
     req: Request<Incoming>,
-    ctx: &AppContext,
+    ctx: &Arc<AppContext>,
     peer: SocketAddr,
     request_id: &str,
 ) -> Result<HttpResponse, ApiError> {
     let method = req.method().clone();
     let allowed = match endpoint {
         Endpoint::Collection(_) => method == Method::GET || method == Method::POST,
-        Endpoint::Action(..) => method == Method::POST,
+        Endpoint::Action(..) | Endpoint::Bulk(..) => method == Method::POST,
         _ => method == Method::GET,
     };
     if !allowed {
@@ -288,9 +301,12 @@ async fn route_to(
         Endpoint::Collection(kind) if method == Method::POST => {
             messages::accept(req, ctx, kind).await
         }
-        Endpoint::Collection(kind) => messages::list(req, ctx, kind).await,
+        Endpoint::Collection(kind) => listing::list(req, ctx, kind).await,
         Endpoint::Detail(kind, id) => messages::detail(ctx, kind, id).await,
-        Endpoint::Action(kind, id, action) => control::act(req, ctx, kind, id, action).await,
+        Endpoint::Action(kind, id, action) => {
+            control::act(req, ctx, kind, id, action, request_id).await
+        }
+        Endpoint::Bulk(kind, action) => bulk::bulk(req, ctx, kind, action, request_id).await,
     }
 }
 
