@@ -7,7 +7,9 @@ mod common;
 
 mod blocked;
 mod control;
+mod filters;
 mod idempotency;
+mod operator;
 mod protocol;
 mod read;
 mod send_at;
