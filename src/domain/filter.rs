@@ -284,7 +284,11 @@ mod tests {
         assert_eq!(f.recipient.as_deref(), Some("A@Example.org"));
         assert_eq!(f.created_after, f.created_before);
         assert_eq!(f.search.as_deref(), Some("Invoice"));
-        assert!(query(&[("status", " "), ("search", "")]).unwrap().is_empty());
+        assert!(
+            query(&[("status", " "), ("search", "")])
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -314,15 +318,28 @@ mod tests {
         let parse = |kind, retry, v| Bulk::parse(kind, retry, &obj(v));
         let e = parse(MessageKind::Notify, false, json!({})).unwrap_err();
         assert_eq!(fields(e), ["non_field_errors"]);
-        let e = parse(MessageKind::Notify, true, json!({"force": true, "status": ""}));
+        let e = parse(
+            MessageKind::Notify,
+            true,
+            json!({"force": true, "status": ""}),
+        );
         assert_eq!(fields(e.unwrap_err()), ["non_field_errors"]);
-        let e = parse(MessageKind::Notify, false, json!({"status": "queued", "force": true}));
+        let e = parse(
+            MessageKind::Notify,
+            false,
+            json!({"status": "queued", "force": true}),
+        );
         assert_eq!(fields(e.unwrap_err()), ["force"]);
         let e = parse(MessageKind::Contact, false, json!({"to": "a@b.co"}));
         assert_eq!(fields(e.unwrap_err()), ["to"]);
         let e = parse(MessageKind::Notify, false, json!({"status": 3}));
         assert_eq!(fields(e.unwrap_err()), ["status"]);
-        let b = parse(MessageKind::Notify, true, json!({"status": "sent", "force": true})).unwrap();
+        let b = parse(
+            MessageKind::Notify,
+            true,
+            json!({"status": "sent", "force": true}),
+        )
+        .unwrap();
         assert_eq!(b.action, Action::Retry { force: true });
         let c = parse(MessageKind::Notify, true, json!({"status": "sent"})).unwrap();
         assert_ne!(b.fingerprint(), c.fingerprint());

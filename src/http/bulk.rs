@@ -84,7 +84,13 @@ pub async fn bulk(
         .await
         .map_err(|e| ApiError::Internal(format!("a bulk action's task failed: {e}")))?;
     count(ctx, kind, &label, "changed", counts.changed);
-    count(ctx, kind, &label, "unchanged", counts.matched - counts.changed);
+    count(
+        ctx,
+        kind,
+        &label,
+        "unchanged",
+        counts.matched - counts.changed,
+    );
     tracing::info!(
         target: "email_service::control",
         kind = kind.as_str(),

@@ -258,11 +258,7 @@ impl QueryParams {
     /// This request's URL with `cursor` set to `token`, and no `page`.
     pub(super) fn url_with_cursor(&self, base: &str, token: &str) -> String {
         let mut query = form_urlencoded::Serializer::new(String::new());
-        query.extend_pairs(
-            self.0
-                .iter()
-                .filter(|(k, _)| k != "page" && k != "cursor"),
-        );
+        query.extend_pairs(self.0.iter().filter(|(k, _)| k != "page" && k != "cursor"));
         query.append_pair("cursor", token);
         format!("{base}?{}", query.finish())
     }

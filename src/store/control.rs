@@ -36,12 +36,21 @@ pub struct ActionRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ActionOutcome {
     /// The message was changed; `body` is its view afterwards, as JSON text.
-    Changed { id: i64, body: String },
+    Changed {
+        id: i64,
+        body: String,
+    },
     /// The message is in a status the action may not change; `body` is the
     /// `409` answer.
-    Refused { status: Status, body: String },
+    Refused {
+        status: Status,
+        body: String,
+    },
     /// The same `Idempotency-Key` and request were answered before.
-    Replayed { status: u16, body: String },
+    Replayed {
+        status: u16,
+        body: String,
+    },
     /// The `Idempotency-Key` was used with another request.
     KeyConflict,
     NotFound,

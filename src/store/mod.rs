@@ -25,8 +25,8 @@
 //!   together (`migrate`).
 
 mod accept;
-mod conn;
 mod bulk;
+mod conn;
 mod control;
 pub mod delivery;
 mod error;
@@ -39,12 +39,12 @@ mod read;
 pub mod recovery;
 
 pub use accept::{AcceptOutcome, AcceptRequest, accept, accept_batch, purge_expired_keys};
-pub use conn::{Pool, checkout};
 pub use bulk::{BatchOutcome, BulkBatch, BulkKey, bulk_batch, bulk_finish, bulk_lookup};
+pub use conn::{Pool, checkout};
 pub use control::{ActionOutcome, ActionRequest, act};
+pub use error::StoreError;
 pub use events::{EventView, Origin};
 pub use keys::KeyClaim;
-pub use error::StoreError;
 pub use pool::{CHECKOUT_TIMEOUT, STATEMENT_TIMEOUT, bookkeeping_config, pg_config, ping, pool};
 pub use read::{
     AttemptView, COUNT_CAP, ListQuery, MessageRef, MessageView, Page, Paging, get, list,

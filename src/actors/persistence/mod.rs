@@ -241,10 +241,18 @@ impl Actor for Persistence {
                 run(ready, reply, async move { store::act(&pool, &req).await });
             }
             PersistenceMsg::BulkBatch(b, reply) => {
-                run(ready, reply, async move { store::bulk_batch(&pool, &b).await });
+                run(
+                    ready,
+                    reply,
+                    async move { store::bulk_batch(&pool, &b).await },
+                );
             }
             PersistenceMsg::BulkLookup(k, reply) => {
-                run(ready, reply, async move { store::bulk_lookup(&pool, &k).await });
+                run(
+                    ready,
+                    reply,
+                    async move { store::bulk_lookup(&pool, &k).await },
+                );
             }
             PersistenceMsg::BulkFinish(k, body, reply) => {
                 run(ready, reply, async move {
