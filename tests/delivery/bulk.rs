@@ -82,6 +82,11 @@ async fn bulk_cancelled_messages_are_never_sent_and_bulk_resent_ones_are_sent_on
         bulk(&app, "/api/notify/retry/", &resend).await,
         json!({"matched": 4, "changed": 4})
     );
+    // Woken at once: well before the reconciler would find them (5 s).
+    poll_until(Duration::from_secs(4), "the bulk resends", || async {
+        failures.iter().all(|u| delivered(&sink, u) == 1)
+    })
+    .await;
     for uuid in &failures {
         let v = app
             .wait_final("notify", uuid, Duration::from_secs(20))
