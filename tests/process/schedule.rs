@@ -1,6 +1,6 @@
 //! A scheduled send across `kill -9`: the message accepted with a `send_at`
 //! ahead is sent once, at its time and not before, by the process started
-//! after the kill.
+//! after the kill (its wake-up waited in Redis' schedule).
 
 use std::time::Duration;
 
@@ -57,5 +57,12 @@ async fn a_scheduled_send_survives_kill_9_and_is_sent_once_not_before_its_time()
             })
             .unwrap_or_else(|| panic!("{uuid} was not sent"));
         assert!(mail.at >= at, "{uuid} was sent at {} before {at}", mail.at);
+        // Its wake-up waited in Redis' schedule through the kill: it is
+        // sent at its time, not when the reconciler would find it late.
+        let late = mail.at - at;
+        assert!(
+            late < chrono::TimeDelta::seconds(3),
+            "{uuid} was sent {late} after send_at"
+        );
     }
 }
