@@ -99,9 +99,12 @@ impl Filter {
             }
         }
         if let Some(raw) = value("search") {
+            // The length as given: a long value is refused even if most of
+            // it is the whitespace around the term.
+            let given = get("search").unwrap_or(raw);
             if raw.contains('\0') {
                 errors.add("search", "Null characters are not allowed.");
-            } else if raw.chars().count() > SEARCH_MAX {
+            } else if given.chars().count() > SEARCH_MAX {
                 errors.add(
                     "search",
                     format!("Ensure this field has no more than {SEARCH_MAX} characters."),
@@ -135,8 +138,10 @@ pub struct Bulk {
 }
 
 impl Bulk {
-    /// Validates a bulk body: only the filter's names (and `force` for a
-    /// resend), string values, at least one filter.
+    /// Validates a bulk body: only the filter's names (and `force`, a
+    /// boolean, for a resend), each a string that is not blank (a body
+    /// names the filters it means; unlike a query string, it has no empty
+    /// values to ignore), at least one of them.
     pub fn parse(
         kind: MessageKind,
         retry: bool,
@@ -149,7 +154,6 @@ impl Bulk {
             if retry && name == "force" {
                 match value {
                     Value::Bool(b) => force = *b,
-                    Value::Null => {}
                     _ => errors.add("force", "Must be a valid boolean."),
                 }
             } else if !names.contains(&name.as_str()) {
@@ -161,8 +165,15 @@ impl Bulk {
                         if retry { "; and force" } else { "" }
                     ),
                 );
-            } else if !matches!(value, Value::String(_) | Value::Null) {
-                errors.add(name.as_str(), "Not a valid string.");
+            } else {
+                match value {
+                    Value::String(s) if s.trim().is_empty() => {
+                        errors.add(name.as_str(), "This field may not be blank.")
+                    }
+                    Value::String(_) => {}
+                    Value::Null => errors.add(name.as_str(), "This field may not be null."),
+                    _ => errors.add(name.as_str(), "Not a valid string."),
+                }
             }
         }
         let filter = Filter::read(kind, |name| body.get(name).and_then(Value::as_str));
@@ -222,7 +233,6 @@ pub enum Cursor {
 impl Cursor {
     /// The opaque token of `?cursor=`. Empty is the newest page.
     pub fn parse(raw: &str) -> Option<Self> {
-        let raw = raw.trim();
         if raw.is_empty() {
             return Some(Self::Newest);
         }
@@ -318,12 +328,14 @@ mod tests {
         let parse = |kind, retry, v| Bulk::parse(kind, retry, &obj(v));
         let e = parse(MessageKind::Notify, false, json!({})).unwrap_err();
         assert_eq!(fields(e), ["non_field_errors"]);
+        let e = parse(MessageKind::Notify, true, json!({"force": true}));
+        assert_eq!(fields(e.unwrap_err()), ["non_field_errors"]);
         let e = parse(
             MessageKind::Notify,
             true,
-            json!({"force": true, "status": ""}),
+            json!({"status": "", "to": null, "search": "x", "force": null}),
         );
-        assert_eq!(fields(e.unwrap_err()), ["non_field_errors"]);
+        assert_eq!(fields(e.unwrap_err()), ["force", "status", "to"]);
         let e = parse(
             MessageKind::Notify,
             false,

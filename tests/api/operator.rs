@@ -195,8 +195,13 @@ async fn a_bulk_body_must_name_a_known_filter_and_bad_ones_change_nothing() {
         ),
         (
             "/api/notify/cancel/",
-            json!({"status": "", "search": " "}),
-            "non_field_errors",
+            json!({"status": "", "search": "x"}),
+            "status",
+        ),
+        (
+            "/api/notify/cancel/",
+            json!({"to": null, "search": "x"}),
+            "to",
         ),
         (
             "/api/notify/cancel/",
