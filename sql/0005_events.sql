@@ -30,10 +30,12 @@ ALTER TABLE idempotency_keys DROP CONSTRAINT idempotency_keys_scope_check,
 
 -- List filters: ?to= / ?email= (compared case-insensitively) and the
 -- created_after / created_before window. Newest first is the primary key.
-CREATE INDEX notifications_recipient ON notifications (lower(recipient), id);
-CREATE INDEX contact_messages_email ON contact_messages (lower(email), id);
-CREATE INDEX notifications_created ON notifications (created_at, id);
-CREATE INDEX contact_messages_created ON contact_messages (created_at, id);
+-- IF NOT EXISTS: on a big table an operator may build these beforehand
+-- with CREATE INDEX CONCURRENTLY (docs/operations.md, Upgrading).
+CREATE INDEX IF NOT EXISTS notifications_recipient ON notifications (lower(recipient), id);
+CREATE INDEX IF NOT EXISTS contact_messages_email ON contact_messages (lower(email), id);
+CREATE INDEX IF NOT EXISTS notifications_created ON notifications (created_at, id);
+CREATE INDEX IF NOT EXISTS contact_messages_created ON contact_messages (created_at, id);
 
 -- ?search= is a case-insensitive substring (ILIKE '%...%'); trigram GIN
 -- indexes serve it on a big table. pg_trgm ships with PostgreSQL's contrib
@@ -47,9 +49,9 @@ BEGIN
         RAISE WARNING 'pg_trgm is not available (%): ?search= will scan', SQLERRM;
         RETURN;
     END;
-    EXECUTE 'CREATE INDEX notifications_search ON notifications
+    EXECUTE 'CREATE INDEX IF NOT EXISTS notifications_search ON notifications
              USING gin (recipient gin_trgm_ops, subject gin_trgm_ops)';
-    EXECUTE 'CREATE INDEX contact_messages_search ON contact_messages
+    EXECUTE 'CREATE INDEX IF NOT EXISTS contact_messages_search ON contact_messages
              USING gin (name gin_trgm_ops, email gin_trgm_ops)';
 END
 $$;
