@@ -9,14 +9,7 @@ use chrono::Utc;
 use serde_json::{Value, json};
 
 use crate::common::{Mode, SmtpSink, Target, TestApp, TestResponse, poll_until};
-
-fn delivered(sink: &SmtpSink, uuid: &str) -> usize {
-    sink.by_message_id()
-        .iter()
-        .filter(|(id, _)| id.contains(uuid))
-        .map(|(_, n)| *n)
-        .sum()
-}
+use crate::control::delivered;
 
 async fn bulk(app: &TestApp, path: &str, body: &Value) -> Value {
     let r = app
