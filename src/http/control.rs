@@ -125,7 +125,7 @@ pub async fn act(
             tracing::info!(
                 target: "email_service::control",
                 kind = kind.as_str(),
-                message = raw_id,
+                message_ref = raw_id,
                 action = action.name(),
                 status = status.as_str(),
                 request_id,
@@ -137,7 +137,7 @@ pub async fn act(
             tracing::info!(
                 target: "email_service::control",
                 kind = kind.as_str(),
-                message = raw_id,
+                message_ref = raw_id,
                 action = action.name(),
                 request_id,
                 "action replayed for its Idempotency-Key; nothing changed"
