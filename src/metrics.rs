@@ -40,7 +40,9 @@ pub struct OutcomeLabels {
 pub struct ActionLabels {
     pub kind: String,
     pub action: String,
-    /// `changed`, `refused` or `not_found`.
+    /// `changed`, `refused` or `not_found`; for a bulk action (`action`
+    /// `bulk_cancel`, `bulk_retry`) each message it matched counts once,
+    /// as `changed` or `unchanged`.
     pub result: String,
 }
 
@@ -217,7 +219,7 @@ impl Metrics {
         let actions = Family::<ActionLabels, Counter>::default();
         registry.register(
             "operator_actions",
-            "Operator cancels and resends, by kind, action and result (changed, refused, not_found)",
+            "Operator cancels and resends, by kind, action and result; a bulk action counts each message it matched (changed, unchanged)",
             actions.clone(),
         );
         registry.register_collector(Box::new(DroppedLogLines));

@@ -270,6 +270,10 @@ fn document_is_valid_openapi_3_1() {
         "POST /api/notify/",
         "GET /api/notify/",
         "GET /api/notify/{id}/",
+        "POST /api/contact/cancel/",
+        "POST /api/contact/retry/",
+        "POST /api/notify/cancel/",
+        "POST /api/notify/retry/",
     ] {
         assert!(
             operations.iter().any(|o| o == op),

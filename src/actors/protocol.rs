@@ -45,6 +45,9 @@ pub struct MailerReport {
 pub enum DispatcherMsg {
     /// A message was just committed as due: wake a mailer for it.
     Enqueue(MessageKind, i64),
+    /// Many messages were just committed as due (a bulk resend's batch):
+    /// their wake-ups go to Redis in one pipelined round trip.
+    EnqueueMany(MessageKind, Vec<i64>),
     /// A message was just committed with a `send_at` ahead: put it in the
     /// Redis schedule for that time (Unix ms), as a retry would be.
     Schedule(MessageKind, i64, i64),

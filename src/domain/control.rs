@@ -4,7 +4,7 @@
 //! conditional `UPDATE`, so that an action and a claim racing for the same
 //! row have exactly one winner.
 
-use super::Status;
+use super::{Fingerprint, MessageKind, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -21,6 +21,15 @@ impl Action {
         match self {
             Self::Cancel => "cancel",
             Self::Retry { .. } => "retry",
+        }
+    }
+
+    /// What a change by this action is called in the detail view's
+    /// `events` and in logs.
+    pub fn event(self) -> &'static str {
+        match self {
+            Self::Cancel => "cancelled",
+            Self::Retry { .. } => "resent",
         }
     }
 
@@ -41,6 +50,38 @@ impl Action {
             Self::Cancel => Status::Cancelled,
             Self::Retry { .. } => Status::Queued,
         }
+    }
+
+    /// The status code of a change: a cancel is done (`200`), a resend is
+    /// queued (`202`).
+    pub fn success_code(self) -> u16 {
+        match self {
+            Self::Cancel => 200,
+            Self::Retry { .. } => 202,
+        }
+    }
+
+    /// The `Idempotency-Key` scope of this action's endpoint: keys are per
+    /// endpoint, and the one-message and bulk endpoints differ.
+    pub fn key_scope(self, kind: MessageKind, bulk: bool) -> String {
+        let bulk = if bulk { "bulk_" } else { "" };
+        format!("{}.{bulk}{}", kind.as_str(), self.name())
+    }
+
+    /// What makes two requests for one message "the same" for an
+    /// `Idempotency-Key`: the message and the action, `force` included.
+    pub fn fingerprint(self, id: i64) -> Fingerprint {
+        let force = match self {
+            Self::Retry { force } => Some(force),
+            Self::Cancel => None,
+        };
+        Fingerprint::of(&(id, self.name(), force))
+    }
+
+    /// The `409` body for a message in `status`, as JSON text (stored as
+    /// is for an `Idempotency-Key` replay).
+    pub fn refusal_body(self, status: Status) -> String {
+        serde_json::json!({"detail": self.refusal(status), "status": status.as_str()}).to_string()
     }
 
     /// Why a message in `status` is refused, for the `409` body.

@@ -9,6 +9,7 @@
 pub mod control;
 pub mod delivery;
 mod fields;
+pub mod filter;
 mod idempotency;
 
 pub use fields::{EmailAddress, FieldErrors};

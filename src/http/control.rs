@@ -1,22 +1,23 @@
 //! `POST /api/{contact,notify}/{id}/cancel/` and `.../retry/`: an
-//! operator's actions on one message. The store decides, in one conditional
-//! `UPDATE`, whether the message may change; this file turns the outcome
-//! into an answer, a log line and a metric, and wakes the dispatcher for a
-//! message queued again.
+//! operator's actions on one message. The store decides, under the row's
+//! lock, whether the message may change, and records the change, its event
+//! and its `Idempotency-Key` answer in one transaction; this file turns the
+//! outcome into an answer, a log line and a metric, and wakes the
+//! dispatcher for a message queued again. Bulk actions are in `bulk.rs`.
 
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use ractor::call_t;
 
 use super::error::json_response;
-use super::messages::QueryParams;
+use super::messages::{QueryParams, idempotency_key, replayed};
 use super::{ACTOR_CALL_TIMEOUT_MS, ApiError, AppContext, HttpResponse};
 use crate::actors::persistence::PersistenceMsg;
 use crate::actors::protocol::DispatcherMsg;
 use crate::domain::control::Action;
 use crate::domain::{FieldErrors, MessageKind};
 use crate::metrics::ActionLabels;
-use crate::store::{ActionOutcome, ActionRequest, MessageRef};
+use crate::store::{ActionOutcome, ActionRequest, MessageRef, Origin};
 
 /// Which action a path names (`cancel` or `retry`), before its parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,12 +36,37 @@ impl ActionName {
     }
 }
 
+/// Counts one operator action's result in `/metrics`.
+pub(super) fn count(ctx: &AppContext, kind: MessageKind, action: &str, result: &str, n: u64) {
+    ctx.metrics
+        .actions
+        .get_or_create(&ActionLabels {
+            kind: kind.as_str().to_owned(),
+            action: action.to_owned(),
+            result: result.to_owned(),
+        })
+        .inc_by(n);
+}
+
+/// A message that went back to `queued` is due now: wake a mailer. As
+/// after an accept, a lost wake-up only delays the send until the
+/// reconciler finds the message due.
+pub(super) fn wake(ctx: &AppContext, kind: MessageKind, ids: Vec<i64>) {
+    if let Some(d) = ctx.registry.dispatcher() {
+        let _ = d.cast(match ids.as_slice() {
+            [id] => DispatcherMsg::Enqueue(kind, *id),
+            _ => DispatcherMsg::EnqueueMany(kind, ids),
+        });
+    }
+}
+
 pub async fn act(
     req: Request<Incoming>,
     ctx: &AppContext,
     kind: MessageKind,
     raw_id: &str,
     name: ActionName,
+    request_id: &str,
 ) -> Result<HttpResponse, ApiError> {
     let at = MessageRef::parse(raw_id).ok_or(ApiError::NotFound("Not found."))?;
     let action = match name {
@@ -49,8 +75,19 @@ pub async fn act(
             force: force(&QueryParams::parse(req.uri().query().unwrap_or("")))?,
         },
     };
+    let key = idempotency_key(&req)?;
     let persistence = ctx.persistence()?;
-    let request = ActionRequest { kind, at, action };
+    let request = ActionRequest {
+        kind,
+        at,
+        action,
+        key,
+        key_ttl: ctx.config.idempotency_ttl,
+        origin: Origin {
+            request_id: request_id.to_owned(),
+            bulk: false,
+        },
+    };
     let outcome = call_t!(
         persistence,
         PersistenceMsg::Act,
@@ -61,15 +98,10 @@ pub async fn act(
         ActionOutcome::Changed { .. } => "changed",
         ActionOutcome::Refused { .. } => "refused",
         ActionOutcome::NotFound => "not_found",
+        ActionOutcome::Replayed { .. } => "replayed",
+        ActionOutcome::KeyConflict => "key_conflict",
     };
-    ctx.metrics
-        .actions
-        .get_or_create(&ActionLabels {
-            kind: kind.as_str().to_owned(),
-            action: action.name().to_owned(),
-            result: result.to_owned(),
-        })
-        .inc();
+    count(ctx, kind, action.name(), result, 1);
     match outcome {
         ActionOutcome::Changed { id, body } => {
             tracing::info!(
@@ -77,40 +109,44 @@ pub async fn act(
                 kind = kind.as_str(),
                 id,
                 action = action.name(),
+                force = matches!(action, Action::Retry { force: true }),
                 status = action.target().as_str(),
+                request_id,
                 "message {}",
-                match action {
-                    Action::Cancel => "cancelled",
-                    Action::Retry { .. } => "queued again",
-                }
+                action.event()
             );
-            let code = match action {
-                Action::Cancel => StatusCode::OK,
-                Action::Retry { .. } => {
-                    // As after an accept: a lost wake-up only delays the
-                    // send until the reconciler finds the message due.
-                    if let Some(d) = ctx.registry.dispatcher() {
-                        let _ = d.cast(DispatcherMsg::Enqueue(kind, id));
-                    }
-                    StatusCode::ACCEPTED
-                }
-            };
+            if matches!(action, Action::Retry { .. }) {
+                wake(ctx, kind, vec![id]);
+            }
+            let code = StatusCode::from_u16(action.success_code()).unwrap_or(StatusCode::OK);
             Ok(json_response(code, body))
         }
-        ActionOutcome::Refused { status } => {
+        ActionOutcome::Refused { status, body } => {
             tracing::info!(
                 target: "email_service::control",
                 kind = kind.as_str(),
-                message = raw_id,
+                message_ref = raw_id,
                 action = action.name(),
                 status = status.as_str(),
+                request_id,
                 "action refused"
             );
-            Err(ApiError::Conflict {
-                detail: action.refusal(status),
-                status: status.as_str(),
-            })
+            Ok(json_response(StatusCode::CONFLICT, body))
         }
+        ActionOutcome::Replayed { status, body } => {
+            tracing::info!(
+                target: "email_service::control",
+                kind = kind.as_str(),
+                message_ref = raw_id,
+                action = action.name(),
+                request_id,
+                "action replayed for its Idempotency-Key; nothing changed"
+            );
+            Ok(replayed(status, body))
+        }
+        ActionOutcome::KeyConflict => Err(ApiError::Unprocessable(
+            "Idempotency-Key was already used with a different request.",
+        )),
         ActionOutcome::NotFound => Err(ApiError::NotFound("Not found.")),
     }
 }

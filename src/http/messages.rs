@@ -1,4 +1,6 @@
-//! `/api/contact/` and `/api/notify/`: accept (POST), list and detail (GET).
+//! `/api/contact/` and `/api/notify/`: accept (POST) and detail (GET), and
+//! what the other handlers share: reading a JSON body, the
+//! `Idempotency-Key` header and its replay, the query string, links.
 //!
 //! The accept path checks, in order: the `Idempotency-Key` header (400),
 //! media type (415), size (413, also for chunked bodies), JSON syntax and
@@ -10,23 +12,19 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Request, StatusCode};
 use ractor::call_t;
-use serde::Serialize;
 use serde_json::Value;
 
 use super::error::{json, json_response};
 use super::{ACTOR_CALL_TIMEOUT_MS, ApiError, AppContext, HttpResponse, MAX_BODY_BYTES};
 use crate::actors::persistence::PersistenceMsg;
 use crate::actors::protocol::DispatcherMsg;
-use crate::domain::{FieldErrors, IdempotencyKey, MessageKind, NewMessage, Status};
-use crate::store::{AcceptOutcome, AcceptRequest, ListQuery, MessageRef, MessageView, StoreError};
+use crate::domain::{FieldErrors, IdempotencyKey, MessageKind, NewMessage};
+use crate::store::{AcceptOutcome, AcceptRequest, MessageRef, StoreError};
 
 /// How long an accept may take in persistence, waiting for its commit
 /// included; below [`ACTOR_CALL_TIMEOUT_MS`] so that the answer always
 /// arrives before the handler would give up.
 const ACCEPT_BUDGET: std::time::Duration = std::time::Duration::from_millis(2500);
-
-pub const DEFAULT_PAGE_SIZE: u64 = 20;
-pub const MAX_PAGE_SIZE: u64 = 100;
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
@@ -52,13 +50,7 @@ pub async fn accept(
     ctx: &AppContext,
     kind: MessageKind,
 ) -> Result<HttpResponse, ApiError> {
-    let key = match req.headers().get("idempotency-key") {
-        None => None,
-        Some(v) => Some(
-            IdempotencyKey::parse(v.as_bytes())
-                .map_err(|m| ApiError::Validation(FieldErrors::single("Idempotency-Key", m)))?,
-        ),
-    };
+    let key = idempotency_key(&req)?;
     let body = read_json_object(req).await?;
     let message = NewMessage::parse(kind, &body).map_err(ApiError::Validation)?;
     let scheduled = message.scheduled_after(chrono::Utc::now());
@@ -108,14 +100,28 @@ pub async fn accept(
             }
             json_response(code(status), body)
         }
-        AcceptOutcome::Replayed { status, body } => {
-            let mut resp = json_response(code(status), body);
-            resp.headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            resp
-        }
+        AcceptOutcome::Replayed { status, body } => replayed(status, body),
         AcceptOutcome::Conflict(m) => return Err(ApiError::Unprocessable(m)),
     })
+}
+
+/// The `Idempotency-Key` header, if any; a bad one is a `400`.
+pub(super) fn idempotency_key(req: &Request<Incoming>) -> Result<Option<IdempotencyKey>, ApiError> {
+    req.headers()
+        .get("idempotency-key")
+        .map(|v| {
+            IdempotencyKey::parse(v.as_bytes())
+                .map_err(|m| ApiError::Validation(FieldErrors::single("Idempotency-Key", m)))
+        })
+        .transpose()
+}
+
+/// A stored answer given again, marked as such.
+pub(super) fn replayed(status: u16, body: String) -> HttpResponse {
+    let mut resp = json_response(code(status), body);
+    resp.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    resp
 }
 
 fn code(status: u16) -> StatusCode {
@@ -123,7 +129,7 @@ fn code(status: u16) -> StatusCode {
 }
 
 /// Reads at most [`MAX_BODY_BYTES`] and parses a JSON object.
-async fn read_json_object(
+pub(super) async fn read_json_object(
     req: Request<Incoming>,
 ) -> Result<serde_json::Map<String, Value>, ApiError> {
     let content_type = req
@@ -184,76 +190,6 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
-#[derive(Serialize)]
-struct PageBody {
-    count: i64,
-    next: Option<String>,
-    previous: Option<String>,
-    results: Vec<MessageView>,
-}
-
-pub async fn list(
-    req: Request<Incoming>,
-    ctx: &AppContext,
-    kind: MessageKind,
-) -> Result<HttpResponse, ApiError> {
-    let params = QueryParams::parse(req.uri().query().unwrap_or(""));
-    let page = match params.get("page") {
-        None => 1,
-        Some(raw) => raw
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|p| (1..=1_000_000_000).contains(p))
-            .ok_or(ApiError::NotFound("Invalid page."))?,
-    };
-    // As in DRF: a page size that is not a positive number falls back to the
-    // default, and one above the maximum counts as the maximum.
-    let page_size = params
-        .get("page_size")
-        .and_then(|raw| raw.trim().parse::<u64>().ok())
-        .filter(|&n| n > 0)
-        .map_or(DEFAULT_PAGE_SIZE, |n| n.min(MAX_PAGE_SIZE));
-    let status = match params.get("status").map(str::trim) {
-        None | Some("") => None,
-        Some(raw) => Some(Status::parse(raw).ok_or_else(|| {
-            ApiError::Validation(FieldErrors::single(
-                "status",
-                format!(
-                    "Select a valid choice. {raw} is not one of the available choices: {}.",
-                    Status::ALL.map(Status::as_str).join(", ")
-                ),
-            ))
-        })?),
-    };
-
-    let persistence = ctx.persistence()?;
-    let query = ListQuery {
-        kind,
-        status,
-        page,
-        page_size,
-    };
-    let result = call_t!(
-        persistence,
-        PersistenceMsg::List,
-        ACTOR_CALL_TIMEOUT_MS,
-        query
-    )??;
-    if page > 1 && result.results.is_empty() {
-        return Err(ApiError::NotFound("Invalid page."));
-    }
-    let base = base_url(&req, ctx);
-    let has_next = (page * page_size) < result.count.max(0) as u64;
-    let body = PageBody {
-        count: result.count,
-        next: has_next.then(|| params.url_with_page(&base, Some(page + 1))),
-        previous: (page > 1).then(|| params.url_with_page(&base, (page > 2).then_some(page - 1))),
-        results: result.results,
-    };
-    Ok(json(StatusCode::OK, &body))
-}
-
 pub async fn detail(
     ctx: &AppContext,
     kind: MessageKind,
@@ -275,7 +211,7 @@ pub async fn detail(
 
 /// `scheme://host/path` of this request, for the `next`/`previous` links. The
 /// scheme follows `X-Forwarded-Proto` so links stay right behind a TLS proxy.
-fn base_url(req: &Request<Incoming>, ctx: &AppContext) -> String {
+pub(super) fn base_url(req: &Request<Incoming>, ctx: &AppContext) -> String {
     let scheme = match req
         .headers()
         .get("x-forwarded-proto")
@@ -319,8 +255,16 @@ impl QueryParams {
             .map(|(_, v)| v.as_str())
     }
 
+    /// This request's URL with `cursor` set to `token`, and no `page`.
+    pub(super) fn url_with_cursor(&self, base: &str, token: &str) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.extend_pairs(self.0.iter().filter(|(k, _)| k != "page" && k != "cursor"));
+        query.append_pair("cursor", token);
+        format!("{base}?{}", query.finish())
+    }
+
     /// This request's URL with `page` replaced (or removed, for page 1).
-    fn url_with_page(&self, base: &str, page: Option<u64>) -> String {
+    pub(super) fn url_with_page(&self, base: &str, page: Option<u64>) -> String {
         let mut query = form_urlencoded::Serializer::new(String::new());
         query.extend_pairs(self.0.iter().filter(|(k, _)| k != "page"));
         if let Some(p) = page {

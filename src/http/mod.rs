@@ -10,11 +10,13 @@
 
 mod admin;
 mod auth;
+mod bulk;
 mod control;
 mod cors;
 mod error;
 mod health;
 pub mod ingress;
+mod listing;
 mod messages;
 pub mod ratelimit;
 pub mod server;
@@ -87,6 +89,9 @@ enum Endpoint<'a> {
     Action(MessageKind, &'a str, ActionName),
     /// The operator's inbox page and its files, under `/admin/`.
     Admin(admin::Asset),
+    /// An operator's action on every message a filter matches:
+    /// `/api/{kind}/cancel/`, `/api/{kind}/retry/` (never an id).
+    Bulk(MessageKind, ActionName),
 }
 
 impl<'a> Endpoint<'a> {
@@ -106,6 +111,10 @@ impl<'a> Endpoint<'a> {
             ["metrics"] => Some(Self::Metrics),
             ["admin", rest @ ..] => admin::Asset::parse(rest).map(Self::Admin),
             ["api", name] => kind(name).map(Self::Collection),
+            ["api", name, action] if ActionName::parse(action).is_some() => {
+                let action = ActionName::parse(action)?;
+                kind(name).map(|k| Self::Bulk(k, action))
+            }
             ["api", name, id] if !id.is_empty() => kind(name).map(|k| Self::Detail(k, id)),
             ["api", name, id, action] if !id.is_empty() => {
                 let action = ActionName::parse(action)?;
@@ -132,13 +141,17 @@ impl<'a> Endpoint<'a> {
             Self::Action(MessageKind::Notify, _, ActionName::Cancel) => "/api/notify/{id}/cancel/",
             Self::Action(MessageKind::Notify, _, ActionName::Retry) => "/api/notify/{id}/retry/",
             Self::Admin(asset) => asset.label(),
+            Self::Bulk(MessageKind::Contact, ActionName::Cancel) => "/api/contact/cancel/",
+            Self::Bulk(MessageKind::Contact, ActionName::Retry) => "/api/contact/retry/",
+            Self::Bulk(MessageKind::Notify, ActionName::Cancel) => "/api/notify/cancel/",
+            Self::Bulk(MessageKind::Notify, ActionName::Retry) => "/api/notify/retry/",
         }
     }
 
     fn allow(self) -> &'static str {
         match self {
             Self::Collection(_) => "GET, HEAD, POST, OPTIONS",
-            Self::Action(..) => "POST, OPTIONS",
+            Self::Action(..) | Self::Bulk(..) => "POST, OPTIONS",
             _ => "GET, HEAD, OPTIONS",
         }
     }
@@ -147,7 +160,7 @@ impl<'a> Endpoint<'a> {
         let read = method == Method::GET || method == Method::HEAD;
         match self {
             Self::Collection(_) => read || method == Method::POST,
-            Self::Action(..) => method == Method::POST,
+            Self::Action(..) | Self::Bulk(..) => method == Method::POST,
             _ => read,
         }
     }
@@ -264,7 +277,7 @@ fn request_id(req: &Request<Incoming>) -> String {
 async fn route_to(
     endpoint: Endpoint<'_>,
     req: Request<Incoming>,
-    ctx: &AppContext,
+    ctx: &Arc<AppContext>,
     peer: SocketAddr,
     request_id: &str,
 ) -> Result<HttpResponse, ApiError> {
@@ -311,9 +324,12 @@ async fn route_to(
         Endpoint::Collection(kind) if method == Method::POST => {
             messages::accept(req, ctx, kind).await
         }
-        Endpoint::Collection(kind) => messages::list(req, ctx, kind).await,
+        Endpoint::Collection(kind) => listing::list(req, ctx, kind).await,
         Endpoint::Detail(kind, id) => messages::detail(ctx, kind, id).await,
-        Endpoint::Action(kind, id, action) => control::act(req, ctx, kind, id, action).await,
+        Endpoint::Action(kind, id, action) => {
+            control::act(req, ctx, kind, id, action, request_id).await
+        }
+        Endpoint::Bulk(kind, action) => bulk::bulk(req, ctx, kind, action, request_id).await,
         Endpoint::Admin(asset) => Ok(admin::serve(asset, req.headers())),
     }
 }

@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 use super::conn::{Pool, checkout};
 use super::error::StoreError;
+use super::keys::{self, KeyClaim};
 use super::read::table;
 use crate::domain::{
     Fingerprint, IdempotencyKey, MessageKind, NewContact, NewMessage, NewNotification, Status,
@@ -243,50 +244,20 @@ pub async fn accept(pool: &Pool, req: &AcceptRequest) -> Result<AcceptOutcome, S
     let tx = conn.transaction().await?;
 
     if let Some(key) = &req.key {
-        // Claims the key, or takes over an expired record. A concurrent
-        // claimer of the same key blocks here until we commit, then gets no
-        // row and replays what we stored.
-        let claimed = tx
-            .query_opt(
-                "INSERT INTO idempotency_keys (scope, key, request_hash, expires_at)
-                 VALUES ($1, $2, $3, now() + make_interval(secs => $4))
-                 ON CONFLICT (scope, key) DO UPDATE
-                   SET request_hash = EXCLUDED.request_hash,
-                       expires_at = EXCLUDED.expires_at,
-                       created_at = now(),
-                       message_id = NULL, response_status = NULL, response_body = NULL
-                   WHERE idempotency_keys.expires_at <= now()
-                 RETURNING 1",
-                &[&scope, &key.as_ref(), &hash, &req.key_ttl.as_secs_f64()],
-            )
-            .await?;
-        if claimed.is_none() {
-            let row = tx
-                .query_one(
-                    "SELECT request_hash, response_status, response_body
-                     FROM idempotency_keys WHERE scope = $1 AND key = $2",
-                    &[&scope, &key.as_ref()],
-                )
-                .await?;
-            tx.rollback().await?;
-            conn.release();
-            let stored_hash: Vec<u8> = row.try_get(0)?;
-            if stored_hash != hash {
+        match keys::claim(&tx, scope, key, &req.fingerprint, req.key_ttl).await? {
+            KeyClaim::Claimed => {}
+            KeyClaim::Replay { status, body } => {
+                tx.rollback().await?;
+                conn.release();
+                return Ok(AcceptOutcome::Replayed { status, body });
+            }
+            KeyClaim::Conflict => {
+                tx.rollback().await?;
+                conn.release();
                 return Ok(AcceptOutcome::Conflict(
                     "Idempotency-Key was already used with a different request body.",
                 ));
             }
-            let status: Option<i16> = row.try_get(1)?;
-            let body: Option<String> = row.try_get(2)?;
-            return match (status, body) {
-                (Some(status), Some(body)) => Ok(AcceptOutcome::Replayed {
-                    status: status as u16,
-                    body,
-                }),
-                _ => Err(StoreError::Unavailable(
-                    "idempotency record without a response".into(),
-                )),
-            };
         }
     }
 
@@ -357,13 +328,7 @@ pub async fn accept(pool: &Pool, req: &AcceptRequest) -> Result<AcceptOutcome, S
 
     let body = accepted_body(kind, id, uuid);
     if let Some(key) = &req.key {
-        tx.execute(
-            "UPDATE idempotency_keys
-             SET message_id = $3, response_status = 202, response_body = $4
-             WHERE scope = $1 AND key = $2",
-            &[&scope, &key.as_ref(), &id, &body],
-        )
-        .await?;
+        keys::save(&tx, scope, key, Some(id), 202, &body).await?;
     }
     tx.commit().await?;
     conn.release();

@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "attempt_base",
         include_str!("../../sql/0004_attempt_base.sql"),
     ),
+    (5, "events", include_str!("../../sql/0005_events.sql")),
 ];
 
 /// An arbitrary constant naming "email-service migrations" among advisory locks.

@@ -17,23 +17,35 @@
 //! - work a stopped sender left is taken back, never from a live one, and
 //!   work Redis forgot is found again (`recovery`);
 //! - an operator's cancel or resend changes a message only from the
-//!   statuses it may, and has one winner against a claim (`control`);
+//!   statuses it may, and has one winner against a claim (`control`); a
+//!   bulk one does so in short batches (`bulk`); each change is recorded
+//!   with it (`events`), and an `Idempotency-Key` answers a repeat as the
+//!   first time on every endpoint that takes one (`keys`);
 //! - the schema is created and migrated once, even by instances starting
 //!   together (`migrate`).
 
 mod accept;
+mod bulk;
 mod conn;
 mod control;
 pub mod delivery;
 mod error;
+mod events;
+mod filter;
+mod keys;
 pub mod migrate;
 mod pool;
 mod read;
 pub mod recovery;
 
 pub use accept::{AcceptOutcome, AcceptRequest, accept, accept_batch, purge_expired_keys};
+pub use bulk::{BatchOutcome, BulkBatch, BulkKey, bulk_batch, bulk_finish, bulk_lookup};
 pub use conn::{Pool, checkout};
 pub use control::{ActionOutcome, ActionRequest, act};
 pub use error::StoreError;
+pub use events::{EventView, Origin};
+pub use keys::KeyClaim;
 pub use pool::{CHECKOUT_TIMEOUT, STATEMENT_TIMEOUT, bookkeeping_config, pg_config, ping, pool};
-pub use read::{AttemptView, ListQuery, MessageRef, MessageView, Page, get, list};
+pub use read::{
+    AttemptView, COUNT_CAP, ListQuery, MessageRef, MessageView, Page, Paging, get, list,
+};

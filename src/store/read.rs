@@ -16,8 +16,11 @@ use uuid::Uuid;
 
 use super::conn::{Pool, checkout};
 use super::error::StoreError;
+use super::events::{self, EventView};
+use super::filter::{conditions, refs};
+use crate::domain::MessageKind;
 use crate::domain::delivery::Content;
-use crate::domain::{MessageKind, Status};
+use crate::domain::filter::{Cursor, Filter};
 
 pub(crate) fn table(kind: MessageKind) -> &'static str {
     match kind {
@@ -98,6 +101,9 @@ pub struct MessageView {
     pub updated_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<Vec<AttemptView>>,
+    /// What operators did to it, oldest first (the detail view only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<EventView>>,
 }
 
 impl MessageView {
@@ -115,56 +121,95 @@ impl MessageView {
             updated_at: row.try_get(8)?,
             content,
             attempts: None,
+            events: None,
         })
     }
+}
+
+/// How a list is paged: by page number (`?page=`, an `OFFSET`) or from a
+/// keyset cursor (`?cursor=`, an index range: as fast on the last page as
+/// on the first, and not shifted by rows added meanwhile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paging {
+    /// 1-based.
+    Page(u64),
+    Cursor(Cursor),
 }
 
 #[derive(Debug, Clone)]
 pub struct ListQuery {
     pub kind: MessageKind,
-    pub status: Option<Status>,
-    /// 1-based.
-    pub page: u64,
+    pub filter: Filter,
+    pub paging: Paging,
     pub page_size: u64,
 }
+
+/// Lists count matching rows exactly up to this many; beyond it `count`
+/// says this many and `count_capped` is set. An exact count of a million
+/// rows reads a million index entries on every page; this reads at most
+/// ten thousand (docs/operations.md).
+pub const COUNT_CAP: i64 = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct Page {
     pub count: i64,
+    /// `count` is [`COUNT_CAP`] and more rows match.
+    pub count_capped: bool,
+    /// Newest first.
     pub results: Vec<MessageView>,
+    /// More rows lie beyond the page in its paging direction: older ones,
+    /// or for [`Cursor::Above`] newer ones.
+    pub more: bool,
 }
 
 pub async fn list(pool: &Pool, q: &ListQuery) -> Result<Page, StoreError> {
     let conn = checkout(pool).await?;
-    let status = q.status.map(Status::as_str);
-    let count: i64 = conn
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM {} WHERE ($1::text IS NULL OR status = $1)",
-                table(q.kind)
-            ),
-            &[&status],
-        )
-        .await?
-        .try_get(0)?;
-    let offset = ((q.page - 1) * q.page_size) as i64;
-    let rows = conn
-        .query(
-            &format!(
-                "SELECT {} FROM {} WHERE ($1::text IS NULL OR status = $1)
-                 ORDER BY id DESC LIMIT $2 OFFSET $3",
-                columns(q.kind),
-                table(q.kind)
-            ),
-            &[&status, &(q.page_size as i64), &offset],
-        )
-        .await?;
-    let results = rows
+    let (cond, params) = conditions(q.kind, &q.filter);
+    let t = table(q.kind);
+    let next = params.len() + 1;
+    let count_sql = format!(
+        "SELECT count(*) FROM (SELECT 1 FROM {t} WHERE {cond} LIMIT {}) s",
+        COUNT_CAP + 1
+    );
+    // One row past the page tells whether there is more.
+    let limit = (q.page_size + 1) as i64;
+    let (range, order, offset) = match q.paging {
+        Paging::Page(page) => ("TRUE".to_owned(), "DESC", (page - 1) * q.page_size),
+        Paging::Cursor(Cursor::Newest) => ("TRUE".to_owned(), "DESC", 0),
+        Paging::Cursor(Cursor::Below(id)) => (format!("id < {id}"), "DESC", 0),
+        Paging::Cursor(Cursor::Above(id)) => (format!("id > {id}"), "ASC", 0),
+    };
+    let rows_sql = format!(
+        "SELECT {} FROM {t} WHERE {cond} AND {range}
+         ORDER BY id {order} LIMIT ${next} OFFSET ${}",
+        columns(q.kind),
+        next + 1
+    );
+    let offset = offset as i64;
+    let count_params = refs(&params, &[]);
+    let rows_params = refs(&params, &[&limit, &offset]);
+    // Both on one connection, pipelined: one round trip's wait.
+    let (count, rows) = tokio::try_join!(
+        conn.query_one(&count_sql, &count_params),
+        conn.query(&rows_sql, &rows_params)
+    )?;
+    let count: i64 = count.try_get(0)?;
+    let mut results = rows
         .iter()
         .map(|r| MessageView::from_row(q.kind, r))
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     conn.release();
-    Ok(Page { count, results })
+    let more = results.len() as u64 > q.page_size;
+    results.truncate(q.page_size as usize);
+    if order == "ASC" {
+        results.reverse();
+    }
+    Ok(Page {
+        count: count.min(COUNT_CAP),
+        count_capped: count > COUNT_CAP,
+        results,
+        more,
+    })
 }
 
 /// How a client names one message: its number or its uuid.
@@ -243,5 +288,6 @@ pub(crate) async fn get_on(
             })
             .collect::<Result<_, StoreError>>()?,
     );
+    view.events = Some(events::of_message(conn, kind, view.id).await?);
     Ok(Some(view))
 }

@@ -22,7 +22,8 @@ async fn wait_view(app: &TestApp, id: &str, what: &str, check: impl Fn(&Value) -
     .await
 }
 
-fn delivered(sink: &SmtpSink, uuid: &str) -> usize {
+/// Mails the sink accepted for the message `uuid`.
+pub(crate) fn delivered(sink: &SmtpSink, uuid: &str) -> usize {
     sink.by_message_id()
         .iter()
         .filter(|(id, _)| id.contains(uuid))

@@ -7,6 +7,7 @@
 mod common;
 
 mod backends;
+mod bulk;
 mod control;
 mod crashes;
 mod failures;

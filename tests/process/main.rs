@@ -5,6 +5,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod schedule;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

@@ -179,7 +179,8 @@ impl Actor for Dispatcher {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            DispatcherMsg::Enqueue(kind, id) => state.enqueue(&myself, kind, id),
+            DispatcherMsg::Enqueue(kind, id) => state.enqueue(&myself, kind, &[id]),
+            DispatcherMsg::EnqueueMany(kind, ids) => state.enqueue(&myself, kind, &ids),
             DispatcherMsg::Schedule(kind, id, due_ms) => state.schedule(&myself, kind, id, due_ms),
             DispatcherMsg::MailerUp(i) => {
                 if let Some(slot) = state.slots.get_mut(i) {

@@ -16,8 +16,13 @@ use crate::actors::protocol::DispatcherMsg;
 use crate::domain::MessageKind;
 
 impl DispatcherState {
-    pub(super) fn enqueue(&mut self, myself: &ActorRef<DispatcherMsg>, kind: MessageKind, id: i64) {
-        self.to_enqueue.push((kind, id));
+    pub(super) fn enqueue(
+        &mut self,
+        myself: &ActorRef<DispatcherMsg>,
+        kind: MessageKind,
+        ids: &[i64],
+    ) {
+        self.to_enqueue.extend(ids.iter().map(|&id| (kind, id)));
         self.flush(myself);
     }
 

@@ -31,8 +31,8 @@ use crate::config::RetryPolicy;
 use crate::domain::MessageKind;
 use crate::domain::delivery::{AttemptResult, ClaimRef, MailJob, Reclaimed, Settled};
 use crate::store::{
-    self, AcceptOutcome, AcceptRequest, ActionOutcome, ActionRequest, ListQuery, MessageRef,
-    MessageView, Page, Pool, StoreError,
+    self, AcceptOutcome, AcceptRequest, ActionOutcome, ActionRequest, BatchOutcome, BulkBatch,
+    BulkKey, KeyClaim, ListQuery, MessageRef, MessageView, Page, Pool, StoreError,
 };
 use crate::store::{delivery, recovery};
 use crate::util::AbortOnDrop;
@@ -67,6 +67,22 @@ pub enum PersistenceMsg {
     Act(
         Box<ActionRequest>,
         RpcReplyPort<Result<ActionOutcome, StoreError>>,
+    ),
+    /// One batch of a bulk action (see `store::bulk_batch`).
+    BulkBatch(
+        Box<BulkBatch>,
+        RpcReplyPort<Result<BatchOutcome, StoreError>>,
+    ),
+    /// A bulk request's `Idempotency-Key`: before the first batch, what an
+    /// earlier request with it answered; after the last, the answer kept.
+    BulkLookup(
+        Box<BulkKey>,
+        RpcReplyPort<Result<Option<KeyClaim>, StoreError>>,
+    ),
+    BulkFinish(
+        Box<BulkKey>,
+        String,
+        RpcReplyPort<Result<KeyClaim, StoreError>>,
     ),
     Get(
         MessageKind,
@@ -223,6 +239,25 @@ impl Actor for Persistence {
             }
             PersistenceMsg::Act(req, reply) => {
                 run(ready, reply, async move { store::act(&pool, &req).await });
+            }
+            PersistenceMsg::BulkBatch(b, reply) => {
+                run(
+                    ready,
+                    reply,
+                    async move { store::bulk_batch(&pool, &b).await },
+                );
+            }
+            PersistenceMsg::BulkLookup(k, reply) => {
+                run(
+                    ready,
+                    reply,
+                    async move { store::bulk_lookup(&pool, &k).await },
+                );
+            }
+            PersistenceMsg::BulkFinish(k, body, reply) => {
+                run(ready, reply, async move {
+                    store::bulk_finish(&pool, &k, &body).await
+                });
             }
             PersistenceMsg::Get(kind, at, reply) => {
                 run(

@@ -1,0 +1,68 @@
+//! A scheduled send across `kill -9`: the message accepted with a `send_at`
+//! ahead is sent once, at its time and not before, by the process started
+//! after the kill (its wake-up waited in Redis' schedule).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use super::common::process::http;
+use super::common::{Mode, SmtpSink, Target, poll_until};
+use super::service;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scheduled_send_survives_kill_9_and_is_sent_once_not_before_its_time() {
+    let sink = SmtpSink::start(Mode::Accept).await;
+    let target = Target::fresh();
+    let mut p = service(&sink, &target, &[]);
+    let at: DateTime<Utc> = Utc::now() + chrono::TimeDelta::seconds(4);
+    let mut uuids = Vec::new();
+    for i in 0..3 {
+        let body = json!({"to": "a@example.org", "subject": format!("later {i}"), "body": "b",
+                          "send_at": at.to_rfc3339()})
+        .to_string();
+        let (status, resp) = http(p.addr, "POST", "/api/notify/", Some(&body));
+        assert_eq!(status, 202, "{resp}");
+        let v: Value = serde_json::from_str(&resp).unwrap();
+        uuids.push(v["uuid"].as_str().unwrap().to_owned());
+    }
+    p.kill9();
+    assert!(
+        Utc::now() < at,
+        "the kill came after send_at: the test proves nothing"
+    );
+
+    let _p2 = service(&sink, &target, &[]);
+    poll_until(Duration::from_secs(30), "the scheduled sends", || async {
+        sink.received().len() >= uuids.len()
+    })
+    .await;
+    // Room for a duplicate to arrive, if there were one.
+    poll_until(
+        Duration::from_secs(15),
+        "three seconds past send_at",
+        || async { Utc::now() > at + chrono::TimeDelta::seconds(3) },
+    )
+    .await;
+    let received = sink.received();
+    assert_eq!(received.len(), uuids.len(), "sent once each: {received:?}");
+    for uuid in &uuids {
+        let mail = received
+            .iter()
+            .find(|m| {
+                m.message_id
+                    .as_deref()
+                    .is_some_and(|id| id.contains(uuid.as_str()))
+            })
+            .unwrap_or_else(|| panic!("{uuid} was not sent"));
+        assert!(mail.at >= at, "{uuid} was sent at {} before {at}", mail.at);
+        // Its wake-up waited in Redis' schedule through the kill: it is
+        // sent at its time, not when the reconciler would find it late.
+        let late = mail.at - at;
+        assert!(
+            late < chrono::TimeDelta::seconds(3),
+            "{uuid} was sent {late} after send_at"
+        );
+    }
+}
