@@ -252,7 +252,7 @@ async fn a_bulk_body_must_name_a_known_filter_and_bad_ones_change_nothing() {
     .await;
     assert_eq!(r.status, 401, "{}", r.text());
     let r = app.get("/api/notify/cancel/").await;
-    assert_eq!((r.status, r.header("allow")), (405, Some("POST")));
+    assert_eq!((r.status, r.header("allow")), (405, Some("POST, OPTIONS")));
     let r = app
         .send(hyper::Method::GET, "/api/notify/?status=queued", &auth, "")
         .await;
