@@ -126,6 +126,7 @@ pub enum Child {
     Persistence,
     Dispatcher,
     Mailer(usize),
+    Webhooks,
     HttpIngress,
 }
 
@@ -135,6 +136,7 @@ impl Child {
             Self::Persistence => "persistence".into(),
             Self::Dispatcher => "dispatcher".into(),
             Self::Mailer(i) => format!("mailer-{i}"),
+            Self::Webhooks => "webhooks".into(),
             Self::HttpIngress => "http_ingress".into(),
         }
     }

@@ -14,9 +14,11 @@ use std::time::Duration;
 
 mod secret;
 mod vars;
+mod webhooks;
 
 pub use secret::Secret;
 use vars::Vars;
+pub use webhooks::WebhookConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EmailBackend {
@@ -101,6 +103,8 @@ pub struct Config {
     pub contact_rate_limit: u32,
     pub shutdown_timeout: Duration,
     pub idempotency_ttl: Duration,
+    /// Status webhooks (`WEBHOOK_*`, in `webhooks.rs`).
+    pub webhooks: WebhookConfig,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -272,6 +276,7 @@ impl Config {
             contact_rate_limit: v.parse("CONTACT_RATE_LIMIT", 0)?,
             shutdown_timeout: Duration::from_secs(v.parse("SHUTDOWN_TIMEOUT", 30)?),
             idempotency_ttl: Duration::from_secs(idempotency_ttl_hours * 3600),
+            webhooks: webhooks::load(&v)?,
         })
         .and_then(|c: Config| {
             if c.smtp.use_tls && c.smtp.use_ssl {

@@ -10,6 +10,7 @@ pub mod control;
 pub mod delivery;
 mod fields;
 mod idempotency;
+pub mod webhook;
 
 pub use fields::{EmailAddress, FieldErrors};
 pub use idempotency::{Fingerprint, IdempotencyKey};

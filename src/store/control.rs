@@ -15,6 +15,7 @@ use tokio_postgres::GenericClient;
 use super::conn::{Pool, checkout};
 use super::error::StoreError;
 use super::read::{MessageRef, get_on, table};
+use super::webhooks::{self, Outbox};
 use crate::domain::control::Action;
 use crate::domain::{MessageKind, Status};
 
@@ -58,7 +59,11 @@ fn update_sql(kind: MessageKind, action: Action) -> String {
     )
 }
 
-pub async fn act(pool: &Pool, req: &ActionRequest) -> Result<ActionOutcome, StoreError> {
+pub async fn act(
+    pool: &Pool,
+    req: &ActionRequest,
+    outbox: &Outbox,
+) -> Result<ActionOutcome, StoreError> {
     let mut conn = checkout(pool).await?;
     let tx = conn.transaction().await?;
     let Some(id) = resolve(&tx, req.kind, req.at).await? else {
@@ -85,6 +90,9 @@ pub async fn act(pool: &Pool, req: &ActionRequest) -> Result<ActionOutcome, Stor
         let status = Status::parse(&status)
             .ok_or_else(|| StoreError::Unavailable(format!("unknown status {status:?}")))?;
         return Ok(ActionOutcome::Refused { status });
+    }
+    if matches!(req.action, Action::Cancel) {
+        webhooks::record(&tx, outbox, req.kind, &[id], &[None]).await?;
     }
     let view = get_on(&tx, req.kind, MessageRef::Id(id))
         .await?

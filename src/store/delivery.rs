@@ -23,6 +23,7 @@ use uuid::Uuid;
 use super::conn::{Pool, checkout};
 use super::error::StoreError;
 use super::read::{content_columns, content_from_row, table};
+use super::webhooks::{self, Outbox};
 use crate::config::RetryPolicy;
 use crate::domain::MessageKind;
 use crate::domain::delivery::{AttemptResult, MailJob, Outcome, Settled};
@@ -42,7 +43,8 @@ pub(super) fn settled_from_row(
 
 /// Runs one statement per message inside one transaction, with `BEGIN`,
 /// the statements and `COMMIT` pipelined: one round trip and one WAL flush
-/// for the whole batch. The commit is synchronous: once it returns, a
+/// for the whole batch. Without `commit`, the transaction is left open for
+/// the caller to add to and commit. The commit is synchronous: once it returns, a
 /// claim or an outcome survives a crash of PostgreSQL too, so a mail
 /// recorded as sent is never sent again. A failed statement aborts the
 /// transaction (PostgreSQL turns the `COMMIT` into a rollback) and the
@@ -51,6 +53,7 @@ pub(super) fn settled_from_row(
 async fn pipelined<'a, T, F>(
     conn: &'a Client,
     statements: impl IntoIterator<Item = F>,
+    commit: bool,
 ) -> Result<Vec<T>, StoreError>
 where
     T: Send + 'a,
@@ -64,8 +67,11 @@ where
     for statement in statements {
         steps.push(Box::pin(async move { statement.await.map(Some) }));
     }
-    steps.push(control("COMMIT"));
-    let mut rows = Vec::with_capacity(steps.len() - 2);
+    let opened = steps.len();
+    if commit {
+        steps.push(control("COMMIT"));
+    }
+    let mut rows = Vec::with_capacity(opened - 1);
     for step in join_in_order(steps).await {
         if let Some(row) = step? {
             rows.push(row);
@@ -211,6 +217,7 @@ pub async fn claim(
                 .1;
             conn.query_opt(statement, p)
         }),
+        true,
     )
     .await?;
     conn.release();
@@ -293,13 +300,19 @@ pub async fn finish_batch(
     pool: &Pool,
     done: &[(MailJob, AttemptResult)],
     policy: &RetryPolicy,
+    outbox: &Outbox,
 ) -> Result<Vec<Option<Settled>>, StoreError> {
     let mut conn = checkout(pool).await?;
     let mut statements = Vec::with_capacity(2);
+    let mut record_statements = Vec::new();
     for kind in [MessageKind::Contact, MessageKind::Notify] {
         // Only the kinds present: preparing touches the table.
         if done.iter().any(|(j, _)| j.kind == kind) {
             statements.push((kind, conn.prepared(finish_sql(kind)).await?));
+            if outbox.is_on() {
+                let sql = webhooks::record_sql(kind);
+                record_statements.push((kind, conn.prepared(sql).await?));
+            }
         }
     }
     let params: Vec<FinishParams> = done
@@ -332,17 +345,63 @@ pub async fn finish_batch(
                 .1;
             conn.query_opt(statement, p)
         }),
+        !outbox.is_on(),
     )
     .await?;
-    conn.release();
-    done.iter()
+    let settled = done
+        .iter()
         .zip(&rows)
         .map(|((job, _), row)| match row {
             // The lease was lost meanwhile: newer state stands.
             None => Ok(None),
             Some(row) => settled_from_row(job.kind, row).map(Some),
         })
-        .collect()
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    if outbox.is_on() {
+        record_events(&conn, &record_statements, outbox, done, &settled).await?;
+    }
+    conn.release();
+    Ok(settled)
+}
+
+/// The webhook events of an outcome batch, on its still open transaction,
+/// then its `COMMIT`, pipelined: one more round trip per batch, and only
+/// with webhooks on. Only the outcomes written (their lease still held)
+/// have an event.
+async fn record_events(
+    conn: &Client,
+    statements: &[(MessageKind, tokio_postgres::Statement)],
+    outbox: &Outbox,
+    done: &[(MailJob, AttemptResult)],
+    settled: &[Option<Settled>],
+) -> Result<(), StoreError> {
+    let written: Vec<(MessageKind, Vec<i64>, Vec<Option<i32>>)> = statements
+        .iter()
+        .map(|(kind, _)| {
+            let (ids, codes) = done
+                .iter()
+                .zip(settled)
+                .filter(|((job, _), s)| job.kind == *kind && s.is_some())
+                .map(|((job, result), _)| (job.id, result.smtp_code))
+                .unzip();
+            (*kind, ids, codes)
+        })
+        .collect();
+    let mut steps: Vec<BoxFuture<'_, Result<(), tokio_postgres::Error>>> = Vec::new();
+    for ((kind, ids, codes), (_, statement)) in written.iter().zip(statements) {
+        if !ids.is_empty() {
+            steps.push(Box::pin(async move {
+                webhooks::record_with(conn, statement, outbox, *kind, ids, codes)
+                    .await
+                    .map(drop)
+            }));
+        }
+    }
+    steps.push(Box::pin(conn.batch_execute("COMMIT")));
+    for step in join_in_order(steps).await {
+        step?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

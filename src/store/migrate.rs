@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "attempt_base",
         include_str!("../../sql/0004_attempt_base.sql"),
     ),
+    (6, "webhooks", include_str!("../../sql/0006_webhooks.sql")),
 ];
 
 /// An arbitrary constant naming "email-service migrations" among advisory locks.

@@ -18,6 +18,9 @@
 //!   work Redis forgot is found again (`recovery`);
 //! - an operator's cancel or resend changes a message only from the
 //!   statuses it may, and has one winner against a claim (`control`);
+//! - a status event is recorded in the transaction of the outcome that
+//!   causes it, and is claimed for delivery by one instance at a time,
+//!   under a lease (`webhooks`);
 //! - the schema is created and migrated once, even by instances starting
 //!   together (`migrate`).
 
@@ -28,8 +31,10 @@ pub mod delivery;
 mod error;
 pub mod migrate;
 mod pool;
+mod purge;
 mod read;
 pub mod recovery;
+pub mod webhooks;
 
 pub use accept::{AcceptOutcome, AcceptRequest, accept, accept_batch, purge_expired_keys};
 pub use conn::{Pool, checkout};

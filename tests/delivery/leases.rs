@@ -9,6 +9,7 @@ use std::time::Duration;
 use email_service::config::RetryPolicy;
 use email_service::domain::MessageKind;
 use email_service::domain::delivery::{AttemptResult, MailJob, Outcome};
+use email_service::store::webhooks::Outbox;
 use email_service::store::{self, Pool, delivery, recovery};
 
 use crate::common::{Target, scalar};
@@ -99,12 +100,14 @@ async fn a_live_holder_records_its_outcome_after_its_lease_expired() {
     )
     .await
     .unwrap();
-    let taken = recovery::reclaim_expired(&pool, &policy()).await.unwrap();
+    let taken = recovery::reclaim_expired(&pool, &policy(), &Outbox::default())
+        .await
+        .unwrap();
     assert!(
         taken.is_empty(),
         "a lease seen expired for the first time is left to its holder for the grace"
     );
-    let settled = delivery::finish_batch(&pool, &[(job, sent())], &policy())
+    let settled = delivery::finish_batch(&pool, &[(job, sent())], &policy(), &Outbox::default())
         .await
         .unwrap();
     assert_eq!(settled[0].as_ref().map(|s| s.status.as_str()), Some("sent"));
@@ -115,7 +118,7 @@ async fn a_live_holder_records_its_outcome_after_its_lease_expired() {
     );
     // The holder's write also cleared the mark: nothing is left to reclaim.
     assert!(
-        recovery::reclaim_expired(&pool, &policy())
+        recovery::reclaim_expired(&pool, &policy(), &Outbox::default())
             .await
             .unwrap()
             .is_empty()
@@ -135,7 +138,7 @@ async fn an_expired_lease_is_reclaimed_once_the_grace_has_passed() {
     .await
     .unwrap();
     assert!(
-        recovery::reclaim_expired(&pool, &policy())
+        recovery::reclaim_expired(&pool, &policy(), &Outbox::default())
             .await
             .unwrap()
             .is_empty()
@@ -160,7 +163,9 @@ async fn an_expired_lease_is_reclaimed_once_the_grace_has_passed() {
     )
     .await
     .unwrap();
-    let taken = recovery::reclaim_expired(&pool, &policy()).await.unwrap();
+    let taken = recovery::reclaim_expired(&pool, &policy(), &Outbox::default())
+        .await
+        .unwrap();
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].attempt, 1);
     assert_eq!(taken[0].settled.status, "queued");
@@ -184,7 +189,7 @@ async fn a_late_outcome_after_a_reclaim_changes_nothing() {
     .await
     .unwrap();
     assert_eq!(
-        recovery::reclaim_expired(&pool, &policy())
+        recovery::reclaim_expired(&pool, &policy(), &Outbox::default())
             .await
             .unwrap()
             .len(),
@@ -204,7 +209,7 @@ async fn a_late_outcome_after_a_reclaim_changes_nothing() {
     );
     // The first holder's outcome arrives late: it must not touch the
     // message now held by the second, nor its attempts.
-    let settled = delivery::finish_batch(&pool, &[(job, sent())], &policy())
+    let settled = delivery::finish_batch(&pool, &[(job, sent())], &policy(), &Outbox::default())
         .await
         .unwrap();
     assert_eq!(settled, vec![None], "the lease is gone: nothing is written");
@@ -216,9 +221,14 @@ async fn a_late_outcome_after_a_reclaim_changes_nothing() {
     .await;
     assert!(sent_at.is_none(), "the late outcome set no sent_at");
     // The second holder's own outcome is written.
-    let settled = delivery::finish_batch(&pool, &[(retry[0].clone(), sent())], &policy())
-        .await
-        .unwrap();
+    let settled = delivery::finish_batch(
+        &pool,
+        &[(retry[0].clone(), sent())],
+        &policy(),
+        &Outbox::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(settled[0].as_ref().map(|s| s.status.as_str()), Some("sent"));
 }
 
@@ -256,7 +266,7 @@ async fn a_release_gives_back_only_its_own_claim_and_leaves_no_attempt() {
         recovery::release(&pool, &[job.claim_ref()]).await.unwrap(),
         vec![false]
     );
-    let late = delivery::finish_batch(&pool, &[(job, sent())], &policy())
+    let late = delivery::finish_batch(&pool, &[(job, sent())], &policy(), &Outbox::default())
         .await
         .unwrap();
     assert_eq!(late, vec![None]);
@@ -276,7 +286,7 @@ async fn a_batch_of_a_hundred_claims_and_outcomes_is_written_whole() {
     claimed.sort();
     assert_eq!(claimed, ids);
     let done: Vec<_> = jobs.into_iter().map(|j| (j, sent())).collect();
-    let settled = delivery::finish_batch(&pool, &done, &policy())
+    let settled = delivery::finish_batch(&pool, &done, &policy(), &Outbox::default())
         .await
         .unwrap();
     assert!(

@@ -30,6 +30,7 @@ use self::group_commit::{BATCH_QUEUE, Pending, group_commit};
 use crate::config::RetryPolicy;
 use crate::domain::MessageKind;
 use crate::domain::delivery::{AttemptResult, ClaimRef, MailJob, Reclaimed, Settled};
+use crate::store::webhooks::Outbox;
 use crate::store::{
     self, AcceptOutcome, AcceptRequest, ActionOutcome, ActionRequest, ListQuery, MessageRef,
     MessageView, Page, Pool, StoreError,
@@ -108,6 +109,8 @@ pub struct PersistenceArgs {
     pub pg_config: tokio_postgres::Config,
     pub schema_ready: Arc<AtomicBool>,
     pub retry: RetryPolicy,
+    /// Where status events are recorded, with the outcomes that cause them.
+    pub outbox: Arc<Outbox>,
 }
 
 pub struct PersistenceState {
@@ -117,6 +120,7 @@ pub struct PersistenceState {
     batcher: mpsc::Sender<Pending>,
     _batch_loop: AbortOnDrop,
     retry: RetryPolicy,
+    outbox: Arc<Outbox>,
     schema_ready: Arc<AtomicBool>,
     _prepare: Option<AbortOnDrop>,
     _purge: AbortOnDrop,
@@ -171,6 +175,7 @@ impl Actor for Persistence {
             pool: args.pool,
             bookkeeping: args.bookkeeping,
             retry: args.retry,
+            outbox: args.outbox,
             schema_ready: args.schema_ready,
             _prepare: prepare,
             _purge: purge,
@@ -222,7 +227,10 @@ impl Actor for Persistence {
                 run(ready, reply, async move { store::list(&pool, &q).await });
             }
             PersistenceMsg::Act(req, reply) => {
-                run(ready, reply, async move { store::act(&pool, &req).await });
+                let outbox = state.outbox.clone();
+                run(ready, reply, async move {
+                    store::act(&pool, &req, &outbox).await
+                });
             }
             PersistenceMsg::Get(kind, at, reply) => {
                 run(
@@ -238,14 +246,16 @@ impl Actor for Persistence {
             }
             PersistenceMsg::FinishBatch(done, reply) => {
                 let retry = state.retry.clone();
+                let outbox = state.outbox.clone();
                 run(ready, reply, async move {
-                    delivery::finish_batch(&bookkeeping, &done, &retry).await
+                    delivery::finish_batch(&bookkeeping, &done, &retry, &outbox).await
                 });
             }
             PersistenceMsg::ReclaimExpired(reply) => {
                 let retry = state.retry.clone();
+                let outbox = state.outbox.clone();
                 run(ready, reply, async move {
-                    recovery::reclaim_expired(&bookkeeping, &retry).await
+                    recovery::reclaim_expired(&bookkeeping, &retry, &outbox).await
                 });
             }
             PersistenceMsg::Release(jobs, reply) => {
