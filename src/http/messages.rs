@@ -18,7 +18,7 @@ use super::{ACTOR_CALL_TIMEOUT_MS, ApiError, AppContext, HttpResponse, MAX_BODY_
 use crate::actors::persistence::PersistenceMsg;
 use crate::actors::protocol::DispatcherMsg;
 use crate::domain::{FieldErrors, IdempotencyKey, MessageKind, NewMessage, Status};
-use crate::store::{AcceptOutcome, AcceptRequest, ListQuery, MessageRef, MessageView, StoreError};
+use crate::store::{AcceptOutcome, AcceptRequest, ListQuery, MessageRef, StoreError};
 
 /// How long an accept may take in persistence, waiting for its commit
 /// included; below [`ACTOR_CALL_TIMEOUT_MS`] so that the answer always
@@ -184,20 +184,45 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
+/// A page of a list, as DRF's page-number pagination answers it.
 #[derive(Serialize)]
-struct PageBody {
-    count: i64,
-    next: Option<String>,
-    previous: Option<String>,
-    results: Vec<MessageView>,
+pub(super) struct PageBody<T> {
+    pub(super) count: i64,
+    pub(super) next: Option<String>,
+    pub(super) previous: Option<String>,
+    pub(super) results: Vec<T>,
 }
 
-pub async fn list(
-    req: Request<Incoming>,
-    ctx: &AppContext,
-    kind: MessageKind,
-) -> Result<HttpResponse, ApiError> {
-    let params = QueryParams::parse(req.uri().query().unwrap_or(""));
+impl<T: Serialize> PageBody<T> {
+    /// Page `page` of `count` results, with the links of its neighbours
+    /// (this request's URL with only `page` changed); a page past the end
+    /// is `404`, as in DRF.
+    pub(super) fn answer(
+        req: &Request<Incoming>,
+        ctx: &AppContext,
+        params: &QueryParams,
+        (page, page_size): (u64, u64),
+        count: i64,
+        results: Vec<T>,
+    ) -> Result<HttpResponse, ApiError> {
+        if page > 1 && results.is_empty() {
+            return Err(ApiError::NotFound("Invalid page."));
+        }
+        let base = base_url(req, ctx);
+        let has_next = (page * page_size) < count.max(0) as u64;
+        let body = PageBody {
+            count,
+            next: has_next.then(|| params.url_with_page(&base, Some(page + 1))),
+            previous: (page > 1)
+                .then(|| params.url_with_page(&base, (page > 2).then_some(page - 1))),
+            results,
+        };
+        Ok(json(StatusCode::OK, &body))
+    }
+}
+
+/// `?page=` and `?page_size=`, as DRF reads them.
+pub(super) fn paging(params: &QueryParams) -> Result<(u64, u64), ApiError> {
     let page = match params.get("page") {
         None => 1,
         Some(raw) => raw
@@ -214,6 +239,16 @@ pub async fn list(
         .and_then(|raw| raw.trim().parse::<u64>().ok())
         .filter(|&n| n > 0)
         .map_or(DEFAULT_PAGE_SIZE, |n| n.min(MAX_PAGE_SIZE));
+    Ok((page, page_size))
+}
+
+pub async fn list(
+    req: Request<Incoming>,
+    ctx: &AppContext,
+    kind: MessageKind,
+) -> Result<HttpResponse, ApiError> {
+    let params = QueryParams::parse(req.uri().query().unwrap_or(""));
+    let (page, page_size) = paging(&params)?;
     let status = match params.get("status").map(str::trim) {
         None | Some("") => None,
         Some(raw) => Some(Status::parse(raw).ok_or_else(|| {
@@ -240,18 +275,14 @@ pub async fn list(
         ACTOR_CALL_TIMEOUT_MS,
         query
     )??;
-    if page > 1 && result.results.is_empty() {
-        return Err(ApiError::NotFound("Invalid page."));
-    }
-    let base = base_url(&req, ctx);
-    let has_next = (page * page_size) < result.count.max(0) as u64;
-    let body = PageBody {
-        count: result.count,
-        next: has_next.then(|| params.url_with_page(&base, Some(page + 1))),
-        previous: (page > 1).then(|| params.url_with_page(&base, (page > 2).then_some(page - 1))),
-        results: result.results,
-    };
-    Ok(json(StatusCode::OK, &body))
+    PageBody::answer(
+        &req,
+        ctx,
+        &params,
+        (page, page_size),
+        result.count,
+        result.results,
+    )
 }
 
 pub async fn detail(

@@ -14,6 +14,7 @@ pub mod ingress;
 mod messages;
 pub mod ratelimit;
 pub mod server;
+mod webhooks;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -81,6 +82,10 @@ enum Endpoint<'a> {
     Detail(MessageKind, &'a str),
     /// An operator's action on one message: `.../{id}/cancel/`, `.../{id}/retry/`.
     Action(MessageKind, &'a str, ActionName),
+    /// The webhook outbox: `/api/webhooks/events/`.
+    WebhookEvents,
+    /// `/api/webhooks/events/{id}/retry/`.
+    WebhookRetry(&'a str),
 }
 
 impl<'a> Endpoint<'a> {
@@ -98,6 +103,10 @@ impl<'a> Endpoint<'a> {
             ["livez"] => Some(Self::Livez),
             ["healthz"] => Some(Self::Healthz),
             ["metrics"] => Some(Self::Metrics),
+            ["api", "webhooks", "events"] => Some(Self::WebhookEvents),
+            ["api", "webhooks", "events", id, "retry"] if !id.is_empty() => {
+                Some(Self::WebhookRetry(id))
+            }
             ["api", name] => kind(name).map(Self::Collection),
             ["api", name, id] if !id.is_empty() => kind(name).map(|k| Self::Detail(k, id)),
             ["api", name, id, action] if !id.is_empty() => {
@@ -124,13 +133,15 @@ impl<'a> Endpoint<'a> {
             Self::Action(MessageKind::Contact, _, ActionName::Retry) => "/api/contact/{id}/retry/",
             Self::Action(MessageKind::Notify, _, ActionName::Cancel) => "/api/notify/{id}/cancel/",
             Self::Action(MessageKind::Notify, _, ActionName::Retry) => "/api/notify/{id}/retry/",
+            Self::WebhookEvents => "/api/webhooks/events/",
+            Self::WebhookRetry(_) => "/api/webhooks/events/{id}/retry/",
         }
     }
 
     fn allow(self) -> &'static str {
         match self {
             Self::Collection(_) => "GET, POST",
-            Self::Action(..) => "POST",
+            Self::Action(..) | Self::WebhookRetry(_) => "POST",
             _ => "GET",
         }
     }
@@ -251,7 +262,7 @@ async fn route_to(
     let method = req.method().clone();
     let allowed = match endpoint {
         Endpoint::Collection(_) => method == Method::GET || method == Method::POST,
-        Endpoint::Action(..) => method == Method::POST,
+        Endpoint::Action(..) | Endpoint::WebhookRetry(_) => method == Method::POST,
         _ => method == Method::GET,
     };
     if !allowed {
@@ -291,6 +302,8 @@ async fn route_to(
         Endpoint::Collection(kind) => messages::list(req, ctx, kind).await,
         Endpoint::Detail(kind, id) => messages::detail(ctx, kind, id).await,
         Endpoint::Action(kind, id, action) => control::act(req, ctx, kind, id, action).await,
+        Endpoint::WebhookEvents => webhooks::list(req, ctx).await,
+        Endpoint::WebhookRetry(id) => webhooks::retry(ctx, id).await,
     }
 }
 

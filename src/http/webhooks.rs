@@ -1,0 +1,99 @@
+//! `GET /api/webhooks/events/` and `POST /api/webhooks/events/{id}/retry/`:
+//! what became of each status event, and a second chance for one that was
+//! given up. Both are answered by the `Webhooks` actor, which owns the
+//! outbox's connections.
+
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use ractor::call_t;
+
+use super::error::json;
+use super::messages::{PageBody, QueryParams, paging};
+use super::{ACTOR_CALL_TIMEOUT_MS, ApiError, AppContext, HttpResponse};
+use crate::actors::webhooks::WebhooksMsg;
+use crate::domain::FieldErrors;
+use crate::store::webhooks::{EVENT_STATUSES, EventQuery, RequeueOutcome};
+
+fn actor(ctx: &AppContext) -> Result<ractor::ActorRef<WebhooksMsg>, ApiError> {
+    ctx.registry
+        .webhooks()
+        .ok_or_else(|| ApiError::Unavailable("the webhooks actor is restarting".into()))
+}
+
+pub async fn list(req: Request<Incoming>, ctx: &AppContext) -> Result<HttpResponse, ApiError> {
+    let params = QueryParams::parse(req.uri().query().unwrap_or(""));
+    let (page, page_size) = paging(&params)?;
+    let mut errors = FieldErrors::default();
+    let status = match params.get("status").map(str::trim) {
+        None | Some("") => None,
+        Some(raw) => {
+            let found = EVENT_STATUSES.into_iter().find(|s| *s == raw);
+            if found.is_none() {
+                errors.add(
+                    "status",
+                    format!(
+                        "Select a valid choice. {raw} is not one of the available choices: {}.",
+                        EVENT_STATUSES.join(", ")
+                    ),
+                );
+            }
+            found
+        }
+    };
+    let message = match params.get("message").map(str::trim) {
+        None | Some("") => None,
+        Some(raw) => {
+            let parsed = uuid::Uuid::parse_str(raw).ok();
+            if parsed.is_none() {
+                errors.add("message", "Must be a valid UUID.");
+            }
+            parsed
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let query = EventQuery {
+        status,
+        message,
+        page,
+        page_size,
+    };
+    let result = call_t!(actor(ctx)?, WebhooksMsg::List, ACTOR_CALL_TIMEOUT_MS, query)??;
+    PageBody::answer(
+        &req,
+        ctx,
+        &params,
+        (page, page_size),
+        result.count,
+        result.results,
+    )
+}
+
+pub async fn retry(ctx: &AppContext, raw_id: &str) -> Result<HttpResponse, ApiError> {
+    let id: i64 = raw_id
+        .parse()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or(ApiError::NotFound("Not found."))?;
+    let outcome = call_t!(actor(ctx)?, WebhooksMsg::Requeue, ACTOR_CALL_TIMEOUT_MS, id)??;
+    match outcome {
+        RequeueOutcome::Requeued(view) => {
+            tracing::info!(
+                target: "email_service::webhooks",
+                id,
+                event_id = %view.event_id,
+                "webhook event queued again"
+            );
+            Ok(json(StatusCode::ACCEPTED, &view))
+        }
+        RequeueOutcome::Refused { status } => Err(ApiError::Conflict {
+            detail: format!("Only a failed or gone event can be retried; this one is {status}."),
+            status: EVENT_STATUSES
+                .into_iter()
+                .find(|s| *s == status)
+                .unwrap_or("pending"),
+        }),
+        RequeueOutcome::NotFound => Err(ApiError::NotFound("Not found.")),
+    }
+}
