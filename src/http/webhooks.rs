@@ -40,10 +40,13 @@ pub async fn list(req: Request<Incoming>, ctx: &AppContext) -> Result<HttpRespon
             found
         }
     };
-    let message = match params.get("message").map(str::trim) {
+    let message = match params.get("message") {
         None | Some("") => None,
         Some(raw) => {
-            let parsed = uuid::Uuid::parse_str(raw).ok();
+            // The hyphenated form only, as the document's `format: uuid`.
+            let parsed = (raw.len() == 36)
+                .then(|| uuid::Uuid::parse_str(raw).ok())
+                .flatten();
             if parsed.is_none() {
                 errors.add("message", "Must be a valid UUID.");
             }
