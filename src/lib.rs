@@ -5,10 +5,11 @@
 //! - [`config`], [`domain`], [`metrics`]: every setting, parsed and
 //!   validated once; validated requests (built only through `parse`) and
 //!   the delivery domain; the counters.
-//! - [`store`] (all SQL, called only by the persistence actor), [`queue`]
+//! - [`store`] (all SQL, called only by the persistence and webhooks
+//!   actors), [`queue`]
 //!   (Redis), [`mail`] and [`smtp`] (building and sending mail).
 //! - [`actors`]: the supervised tree (supervisor, persistence, dispatcher,
-//!   mailers), their messages and the registry of their addresses.
+//!   mailers, webhooks), their messages and the registry of their addresses.
 //! - [`http`]: routing, handlers and error bodies on raw hyper, and the
 //!   `HttpIngress` actor that runs the accept loop.
 //! - [`telemetry`]: JSON logs and the panic hook.

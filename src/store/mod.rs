@@ -1,4 +1,5 @@
-//! All SQL of the service. Only the `Persistence` actor calls into this module;
+//! All SQL of the service. Only the `Persistence` actor calls into this module
+//! (and the `Webhooks` actor, for the outbox's delivery side, `webhooks`);
 //! the functions here take a pool and do one unit of work each, and every
 //! other file of the crate reaches it through the names re-exported here.
 //!
