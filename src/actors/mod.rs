@@ -28,3 +28,4 @@ pub mod protocol;
 pub mod registry;
 pub mod supervisor;
 pub mod webhooks;
+mod work;

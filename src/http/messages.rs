@@ -221,6 +221,14 @@ impl<T: Serialize> PageBody<T> {
     }
 }
 
+/// DRF's message for a value that is not one of `choices`.
+pub(super) fn not_a_choice(raw: &str, choices: &[&str]) -> String {
+    format!(
+        "Select a valid choice. {raw} is not one of the available choices: {}.",
+        choices.join(", ")
+    )
+}
+
 /// `?page=` and `?page_size=`, as DRF reads them.
 pub(super) fn paging(params: &QueryParams) -> Result<(u64, u64), ApiError> {
     let page = match params.get("page") {
@@ -254,10 +262,7 @@ pub async fn list(
         Some(raw) => Some(Status::parse(raw).ok_or_else(|| {
             ApiError::Validation(FieldErrors::single(
                 "status",
-                format!(
-                    "Select a valid choice. {raw} is not one of the available choices: {}.",
-                    Status::ALL.map(Status::as_str).join(", ")
-                ),
+                not_a_choice(raw, &Status::ALL.map(Status::as_str)),
             ))
         })?),
     };

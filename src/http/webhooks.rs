@@ -8,7 +8,7 @@ use hyper::{Request, StatusCode};
 use ractor::call_t;
 
 use super::error::json;
-use super::messages::{PageBody, QueryParams, paging};
+use super::messages::{PageBody, QueryParams, not_a_choice, paging};
 use super::{ACTOR_CALL_TIMEOUT_MS, ApiError, AppContext, HttpResponse};
 use crate::actors::webhooks::WebhooksMsg;
 use crate::domain::FieldErrors;
@@ -29,13 +29,7 @@ pub async fn list(req: Request<Incoming>, ctx: &AppContext) -> Result<HttpRespon
         Some(raw) => {
             let found = EVENT_STATUSES.into_iter().find(|s| *s == raw);
             if found.is_none() {
-                errors.add(
-                    "status",
-                    format!(
-                        "Select a valid choice. {raw} is not one of the available choices: {}.",
-                        EVENT_STATUSES.join(", ")
-                    ),
-                );
+                errors.add("status", not_a_choice(raw, &EVENT_STATUSES));
             }
             found
         }

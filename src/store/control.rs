@@ -92,7 +92,7 @@ pub async fn act(
         return Ok(ActionOutcome::Refused { status });
     }
     if matches!(req.action, Action::Cancel) {
-        webhooks::record(&tx, outbox, req.kind, &[id], &[None]).await?;
+        webhooks::record(&tx, outbox, req.kind, &[id], &[]).await?;
     }
     let view = get_on(&tx, req.kind, MessageRef::Id(id))
         .await?

@@ -108,7 +108,7 @@ pub async fn reclaim_expired(
                 &[&kind.as_str(), &ids, &ERROR],
             )
             .await?;
-            webhooks::record(&tx, outbox, kind, &ids, &vec![None; ids.len()]).await?;
+            webhooks::record(&tx, outbox, kind, &ids, &[]).await?;
         }
     }
     tx.commit().await?;

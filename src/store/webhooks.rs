@@ -118,8 +118,10 @@ fn build_record_sql(kind: MessageKind) -> String {
 
 /// Records the events of messages of one kind whose status was just changed
 /// on `client`'s transaction (`smtp_codes` beside `ids`, `None` where there
-/// was no SMTP reply). Call it after the change, before the commit; it
-/// records nothing when the outbox is off or `ids` is empty.
+/// was no SMTP reply; shorter, or empty, reads as `None` for the rest). Call
+/// it after the change, before the commit; it records nothing when the
+/// outbox is off or `ids` is empty. For example, a cancel:
+/// `webhooks::record(&tx, outbox, kind, &ids, &[]).await?`.
 pub async fn record(
     client: &impl GenericClient,
     outbox: &Outbox,

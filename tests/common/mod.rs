@@ -25,7 +25,7 @@ pub mod smtp_sink;
 pub mod webhook_sink;
 
 pub use app::{AppBuilder, TestApp};
-pub use db::{TABLES, Target, connect, count_rows, redis_url, scalar};
+pub use db::{TABLES, Target, connect, count_rows, redis_url, scalar, wipe_redis};
 pub use http::TestResponse;
 pub use poll::poll_until;
 pub use process::ServiceProcess;

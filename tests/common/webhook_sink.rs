@@ -115,17 +115,7 @@ impl WebhookSink {
 
     /// Listens again on the same port.
     pub async fn up(&self) {
-        let mut tries = 0;
-        let listener = loop {
-            match TcpListener::bind(self.addr).await {
-                Ok(l) => break l,
-                Err(_) if tries < 50 => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("sink could not re-bind {}: {e}", self.addr),
-            }
-        };
+        let listener = super::smtp_sink::rebind(self.addr).await;
         let server = tokio::spawn(serve(listener, self.state.clone()));
         *self.server.lock().unwrap() = Some(server);
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::common::process::http;
-use crate::common::{HookMode, Target, TestApp, WebhookSink, poll_until, redis_url};
+use crate::common::{HookMode, Target, TestApp, WebhookSink, poll_until, wipe_redis};
 use crate::{SECRET, app_with_hooks, delivered_about, hooked, notification, verify};
 
 const WITHIN: Duration = Duration::from_secs(40);
@@ -83,22 +83,9 @@ async fn a_redis_wipe_loses_no_event() {
         !sink.hooks().is_empty()
     })
     .await;
-    // This test's keys are its whole Redis state: deleting them is what a
-    // FLUSHALL or an empty restart does to this deployment.
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:*", app.target.prefix))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(&keys)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
+    // This test's keys are its whole Redis state: the dispatcher's stream
+    // and schedule go, the outbox (in PostgreSQL) stays.
+    wipe_redis(&app.target.prefix).await;
     sink.set_mode(HookMode::Ok);
     let hook = delivered_about(&sink, &uuid, 1, WITHIN).await.remove(0);
     assert_eq!(hook.event_type(), "message.sent");

@@ -38,6 +38,8 @@ use crate::store::{
 use crate::store::{delivery, recovery};
 use crate::util::AbortOnDrop;
 
+use super::work::run_within;
+
 /// Upper bound for one unit of database work, checkout included. Keeps the
 /// `503` of a hung database within the contract's ~3 s.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(2500);
@@ -329,34 +331,6 @@ fn run<T: Send + 'static>(
     work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
 ) {
     run_within(ready, OP_TIMEOUT, reply, work);
-}
-
-/// [`run`] under another budget. Work cut off by the budget may have been
-/// committed: it answers `InDoubt`.
-fn run_within<T: Send + 'static>(
-    ready: bool,
-    budget: Duration,
-    reply: RpcReplyPort<Result<T, StoreError>>,
-    work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
-) {
-    if !ready {
-        let _ = reply.send(Err(StoreError::Unavailable(
-            "database schema is not ready yet".into(),
-        )));
-        return;
-    }
-    if reply.is_closed() {
-        return;
-    }
-    tokio::spawn(async move {
-        let result = match tokio::time::timeout(budget, work).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::InDoubt(
-                "the database did not answer in time".into(),
-            )),
-        };
-        let _ = reply.send(result);
-    });
 }
 
 /// Creates the database and applies migrations, retrying until it works.

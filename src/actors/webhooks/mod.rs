@@ -25,8 +25,10 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
+use tokio::task::JoinSet;
 
 use self::sender::{Attempt, Sender};
+use super::work::run_within;
 use crate::config::Config;
 use crate::metrics::{Metrics, WebhookLabels};
 use crate::store::webhooks::{self, Claimed, EventPage, EventQuery, RequeueOutcome, Settle};
@@ -78,6 +80,10 @@ pub struct WebhooksState {
     pool: Pool,
     schema_ready: Arc<AtomicBool>,
     sender: Option<Sender>,
+    /// The attempts under way, each in its own task. Owned here so that a
+    /// stopped or crashed actor leaves none running: an attempt cut off is
+    /// due again when its lease ends.
+    deliveries: JoinSet<()>,
     in_flight: usize,
     claiming: bool,
     ticks: u32,
@@ -133,6 +139,7 @@ impl Actor for Webhooks {
             pool: args.pool,
             schema_ready: args.schema_ready,
             sender,
+            deliveries: JoinSet::new(),
             in_flight: 0,
             claiming: false,
             ticks: 0,
@@ -164,24 +171,20 @@ impl Actor for Webhooks {
             }
             WebhooksMsg::List(query, reply) => {
                 let pool = state.pool.clone();
-                answer(
-                    ready,
-                    reply,
-                    async move { webhooks::list(&pool, &query).await },
-                );
+                run_within(ready, REQUEST_WITHIN, reply, async move {
+                    webhooks::list(&pool, &query).await
+                });
             }
             WebhooksMsg::Requeue(id, reply) => {
                 let pool = state.pool.clone();
-                answer(
-                    ready,
-                    reply,
-                    async move { webhooks::requeue(&pool, id).await },
-                );
+                run_within(ready, REQUEST_WITHIN, reply, async move {
+                    webhooks::requeue(&pool, id).await
+                });
             }
             WebhooksMsg::Tick if ready => {
                 state.ticks = state.ticks.wrapping_add(1);
                 state.claim(&myself);
-                if state.ticks % COUNT_EVERY == 1 {
+                if state.sender.is_some() && state.ticks % COUNT_EVERY == 1 {
                     state.count(&myself);
                 }
                 if state.ticks % PURGE_EVERY == 1 {
@@ -208,6 +211,7 @@ impl Actor for Webhooks {
             }
             WebhooksMsg::Done => {
                 state.in_flight = state.in_flight.saturating_sub(1);
+                while state.deliveries.try_join_next().is_some() {}
                 state.claim(&myself);
             }
             WebhooksMsg::Counted(Ok(n)) => {
@@ -261,7 +265,7 @@ impl WebhooksState {
         let metrics = self.metrics.clone();
         let schedule = self.config.webhooks.retry_schedule.clone();
         let me = myself.clone();
-        tokio::spawn(async move {
+        self.deliveries.spawn(async move {
             let attempt = sender.attempt(&event).await;
             let settle = settle(&attempt, event.attempt, &schedule);
             log_attempt(&event, &attempt, settle);
@@ -362,30 +366,6 @@ fn observe(metrics: &Metrics, attempt: &Attempt, settle: Settle) {
     metrics
         .webhook_duration
         .observe(attempt.duration.as_secs_f64());
-}
-
-/// Runs a request's database work in a task and answers its caller.
-fn answer<T: Send + 'static>(
-    ready: bool,
-    reply: RpcReplyPort<Result<T, StoreError>>,
-    work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
-) {
-    if !ready {
-        let _ = reply.send(Err(StoreError::Unavailable(
-            "database schema is not ready yet".into(),
-        )));
-        return;
-    }
-    tokio::spawn(async move {
-        let result = tokio::time::timeout(REQUEST_WITHIN, work)
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(
-                    "the database did not answer in time".into(),
-                ))
-            });
-        let _ = reply.send(result);
-    });
 }
 
 #[cfg(test)]
