@@ -43,8 +43,9 @@ pub(super) fn settled_from_row(
 
 /// Runs one statement per message inside one transaction, with `BEGIN`,
 /// the statements and `COMMIT` pipelined: one round trip and one WAL flush
-/// for the whole batch. Without `commit`, the transaction is left open for
-/// the caller to add to and commit. The commit is synchronous: once it returns, a
+/// for the whole batch. `after` are statements of the same transaction that
+/// follow them (their results unused), such as the batch's webhook events.
+/// The commit is synchronous: once it returns, a
 /// claim or an outcome survives a crash of PostgreSQL too, so a mail
 /// recorded as sent is never sent again. A failed statement aborts the
 /// transaction (PostgreSQL turns the `COMMIT` into a rollback) and the
@@ -53,7 +54,7 @@ pub(super) fn settled_from_row(
 async fn pipelined<'a, T, F>(
     conn: &'a Client,
     statements: impl IntoIterator<Item = F>,
-    commit: bool,
+    after: Vec<BoxFuture<'a, Result<u64, tokio_postgres::Error>>>,
 ) -> Result<Vec<T>, StoreError>
 where
     T: Send + 'a,
@@ -67,11 +68,12 @@ where
     for statement in statements {
         steps.push(Box::pin(async move { statement.await.map(Some) }));
     }
-    let opened = steps.len();
-    if commit {
-        steps.push(control("COMMIT"));
+    let count = steps.len() - 1;
+    for statement in after {
+        steps.push(Box::pin(async move { statement.await.map(|_| None) }));
     }
-    let mut rows = Vec::with_capacity(opened - 1);
+    steps.push(control("COMMIT"));
+    let mut rows = Vec::with_capacity(count);
     for step in join_in_order(steps).await {
         if let Some(row) = step? {
             rows.push(row);
@@ -217,7 +219,7 @@ pub async fn claim(
                 .1;
             conn.query_opt(statement, p)
         }),
-        true,
+        Vec::new(),
     )
     .await?;
     conn.release();
@@ -335,6 +337,30 @@ pub async fn finish_batch(
         })
         .collect();
     let arrays: Vec<_> = params.iter().map(FinishParams::as_params).collect();
+    // The events of the batch, one statement per kind after the outcomes;
+    // it records only the messages this transaction changed, so an outcome
+    // whose lease was lost has none.
+    let events: Vec<(MessageKind, Vec<i64>, Vec<Option<i32>>)> = record_statements
+        .iter()
+        .map(|(kind, _)| {
+            let (ids, codes) = done
+                .iter()
+                .filter(|(job, _)| job.kind == *kind)
+                .map(|(job, result)| (job.id, result.smtp_code))
+                .unzip();
+            (*kind, ids, codes)
+        })
+        .collect();
+    let client: &Client = &conn;
+    let after = events
+        .iter()
+        .zip(&record_statements)
+        .map(|((kind, ids, codes), (_, statement))| {
+            Box::pin(webhooks::record_with(
+                client, statement, outbox, *kind, ids, codes,
+            )) as BoxFuture<'_, _>
+        })
+        .collect();
     let rows = pipelined(
         &conn,
         done.iter().zip(&arrays).map(|((job, _), p)| {
@@ -345,63 +371,18 @@ pub async fn finish_batch(
                 .1;
             conn.query_opt(statement, p)
         }),
-        !outbox.is_on(),
+        after,
     )
     .await?;
-    let settled = done
-        .iter()
+    conn.release();
+    done.iter()
         .zip(&rows)
         .map(|((job, _), row)| match row {
             // The lease was lost meanwhile: newer state stands.
             None => Ok(None),
             Some(row) => settled_from_row(job.kind, row).map(Some),
         })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    if outbox.is_on() {
-        record_events(&conn, &record_statements, outbox, done, &settled).await?;
-    }
-    conn.release();
-    Ok(settled)
-}
-
-/// The webhook events of an outcome batch, on its still open transaction,
-/// then its `COMMIT`, pipelined: one more round trip per batch, and only
-/// with webhooks on. Only the outcomes written (their lease still held)
-/// have an event.
-async fn record_events(
-    conn: &Client,
-    statements: &[(MessageKind, tokio_postgres::Statement)],
-    outbox: &Outbox,
-    done: &[(MailJob, AttemptResult)],
-    settled: &[Option<Settled>],
-) -> Result<(), StoreError> {
-    let written: Vec<(MessageKind, Vec<i64>, Vec<Option<i32>>)> = statements
-        .iter()
-        .map(|(kind, _)| {
-            let (ids, codes) = done
-                .iter()
-                .zip(settled)
-                .filter(|((job, _), s)| job.kind == *kind && s.is_some())
-                .map(|((job, result), _)| (job.id, result.smtp_code))
-                .unzip();
-            (*kind, ids, codes)
-        })
-        .collect();
-    let mut steps: Vec<BoxFuture<'_, Result<(), tokio_postgres::Error>>> = Vec::new();
-    for ((kind, ids, codes), (_, statement)) in written.iter().zip(statements) {
-        if !ids.is_empty() {
-            steps.push(Box::pin(async move {
-                webhooks::record_with(conn, statement, outbox, *kind, ids, codes)
-                    .await
-                    .map(drop)
-            }));
-        }
-    }
-    steps.push(Box::pin(conn.batch_execute("COMMIT")));
-    for step in join_in_order(steps).await {
-        step?;
-    }
-    Ok(())
+        .collect()
 }
 
 #[cfg(test)]

@@ -66,8 +66,12 @@ fn rfc3339(expr: &str) -> String {
 
 /// The recording statement of a kind: `$1` message ids, `$2` their SMTP
 /// codes, `$3` the wanted types, `$4` the receivers (`$5` the contact
-/// recipient). One event id per message (`MATERIALIZED`, so every receiver's
-/// row shares it); the body holds no mail body and no contact text.
+/// recipient). Of the ids, only the messages the running transaction has
+/// changed get an event, so a caller may pass a whole batch, some of whose
+/// changes did not happen (a lost lease, a status that did not allow it),
+/// and send this statement without waiting for theirs. One event id per
+/// message (`MATERIALIZED`, so every receiver's row shares it); the body
+/// holds no mail body and no contact text.
 pub(super) fn record_sql(kind: MessageKind) -> &'static str {
     static SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
         [MessageKind::Contact, MessageKind::Notify].map(build_record_sql)
@@ -104,7 +108,10 @@ fn build_record_sql(kind: MessageKind) -> String {
                WHEN 'sent' THEN 'message.sent' WHEN 'failed' THEN 'message.failed'
                WHEN 'queued' THEN 'message.retrying'
                WHEN 'cancelled' THEN 'message.cancelled' END AS type) t
-           WHERE t.type = ANY($3::text[]))
+           WHERE t.type = ANY($3::text[])
+             -- Only the messages this transaction changed: a row version
+             -- written by it carries its transaction id.
+             AND m.xmin::text::bigint = txid_current() % 4294967296)
          INSERT INTO webhook_events
            (event_id, type, url, message_kind, message_id, message_uuid, payload)
          SELECT e.event_id, e.type, u.url, '{k}', e.id, e.uuid, e.payload
@@ -119,7 +126,8 @@ fn build_record_sql(kind: MessageKind) -> String {
 /// Records the events of messages of one kind whose status was just changed
 /// on `client`'s transaction (`smtp_codes` beside `ids`, `None` where there
 /// was no SMTP reply; shorter, or empty, reads as `None` for the rest). Call
-/// it after the change, before the commit; it records nothing when the
+/// it after the change, before the commit: ids whose message this
+/// transaction did not change are skipped. It records nothing when the
 /// outbox is off or `ids` is empty. For example, a cancel:
 /// `webhooks::record(&tx, outbox, kind, &ids, &[]).await?`.
 pub async fn record(

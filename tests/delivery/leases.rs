@@ -308,3 +308,81 @@ async fn a_batch_of_a_hundred_claims_and_outcomes_is_written_whole() {
     .await;
     assert_eq!(sent, 100);
 }
+
+/// Webhooks on: an outbox sending every type to two receivers.
+fn outbox_on() -> Outbox {
+    let vars = [
+        ("WEBHOOK_URLS", "http://a.invalid/h,http://b.invalid/h"),
+        (
+            "WEBHOOK_SECRET",
+            "whsec_bGVhc2VzLXRlc3Qtc2VjcmV0LTEyMzQ1Njc4OTA=",
+        ),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    Outbox::new(&email_service::config::Config::from_map(&vars).unwrap())
+}
+
+/// The events of an outcome batch go in with it, set-based, for the
+/// outcomes it wrote only: one whose lease was lost meanwhile has none.
+#[tokio::test]
+async fn an_outcome_batch_records_events_for_the_outcomes_it_wrote_only() {
+    let target = Target::fresh();
+    let (pool, db) = store_on(&target).await;
+    let ids = queued(&db, 3).await;
+    let jobs = claim(&pool, &ids).await;
+    // The third one's lease was lost: a reclaim made it a retry meanwhile.
+    db.execute(
+        "UPDATE notifications SET status = 'queued', lease_owner = NULL, retry_count = 1
+         WHERE id = $1",
+        &[&ids[2]],
+    )
+    .await
+    .unwrap();
+    let transient = AttemptResult {
+        outcome: Outcome::Transient,
+        smtp_code: Some(451),
+        smtp_reply: Some("451 later".into()),
+        error: Some("451 later".into()),
+        duration_ms: 5,
+    };
+    let done = vec![
+        (jobs[0].clone(), sent()),
+        (jobs[1].clone(), transient.clone()),
+        (jobs[2].clone(), sent()),
+    ];
+    let settled = delivery::finish_batch(&pool, &done, &policy(), &outbox_on())
+        .await
+        .unwrap();
+    assert!(settled[0].is_some() && settled[1].is_some() && settled[2].is_none());
+    let rows: Vec<(i64, String, i64)> = db
+        .query(
+            "SELECT message_id, type, count(*) FROM webhook_events
+             GROUP BY message_id, type ORDER BY message_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (ids[0], "message.sent".to_owned(), 2),
+            (ids[1], "message.retrying".to_owned(), 2)
+        ],
+        "one row per receiver, none for the lost lease"
+    );
+    let code: i64 = scalar(
+        &db,
+        &format!(
+            "SELECT (payload::jsonb #>> '{{data,smtp_code}}')::bigint FROM webhook_events
+             WHERE message_id = {} LIMIT 1",
+            ids[1]
+        ),
+    )
+    .await;
+    assert_eq!(code, 451);
+}

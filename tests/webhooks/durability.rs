@@ -45,10 +45,28 @@ async fn kill_9_in_the_middle_of_a_delivery_delivers_it_after_restart_with_the_s
     p.kill9();
 
     sink.set_mode(HookMode::Ok);
-    let _p = start();
+    let p = start();
     let hook = delivered_about(&sink, &uuid, 1, WITHIN).await.remove(0);
     assert_eq!(hook.id(), first_id, "the same webhook-id after the crash");
     verify(&hook, SECRET).unwrap();
+    // The attempt's log line: the event, the receiver's host (not its URL),
+    // the answer and the time it took.
+    let line = poll_until(WITHIN, "the attempt's log line", || async {
+        p.stdout_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["message"] == "webhook attempt" && l["status_code"] == 204)
+            .ok_or("no line yet")
+    })
+    .await;
+    assert_eq!(line["event_id"], first_id.as_str(), "{line}");
+    assert_eq!(line["url_host"], "127.0.0.1", "{line}");
+    assert_eq!(line["outcome"], "delivered", "{line}");
+    assert!(line["duration_ms"].as_f64().is_some(), "{line}");
+    assert!(
+        !line.to_string().contains("/hooks"),
+        "no URL path in the log: {line}"
+    );
     let db = target.db().await;
     poll_until(WITHIN, "the row delivered", || async {
         let r = db

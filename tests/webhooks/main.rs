@@ -3,7 +3,7 @@
 //! right body and a signature that the independent `standardwebhooks`
 //! package (PyPI, run as a child process) verifies; receivers that are down,
 //! failing, slow, hanging or gone; the outbox across a kill -9, a Redis wipe
-//! and two instances; the events API.
+//! and two instances; the events API; the purge.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -12,6 +12,7 @@ mod api;
 mod durability;
 mod events;
 mod outages;
+mod purge;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -45,8 +45,11 @@ const TICK: Duration = Duration::from_millis(250);
 const LEASE_MARGIN: Duration = Duration::from_secs(2);
 /// How often the pending events are counted (for `/healthz` and `/metrics`).
 const COUNT_EVERY: u32 = 20;
-/// How often delivered and given-up events past retention are purged.
+/// How often delivered and given-up events past retention are purged
+/// (every minute, the first 2 s after the start: a purge runs only while
+/// the pool has an idle connection, which the first claims leave).
 const PURGE_EVERY: u32 = 240;
+const PURGE_FIRST: u32 = 8;
 
 pub struct Webhooks;
 
@@ -187,7 +190,7 @@ impl Actor for Webhooks {
                 if state.sender.is_some() && state.ticks % COUNT_EVERY == 1 {
                     state.count(&myself);
                 }
-                if state.ticks % PURGE_EVERY == 1 {
+                if state.ticks % PURGE_EVERY == PURGE_FIRST {
                     state.purge();
                 }
             }
