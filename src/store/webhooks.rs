@@ -87,20 +87,25 @@ fn build_record_sql(kind: MessageKind) -> String {
         MessageKind::Contact => ("$5::text", "NULL::jsonb"),
         MessageKind::Notify => ("m.recipient", "m.metadata"),
     };
+    // `json_build_object` writes the text at once, keys in this order
+    // (`jsonb` would build a binary value, sort it and print it again: work
+    // paid on the delivery path).
+    let fields = format!(
+        "'kind', '{k}', 'id', m.id, 'uuid', m.uuid, 'status', m.status,
+         'recipient', {recipient}, 'retry_count', m.retry_count,
+         'error_message', m.error_message, 'smtp_code', o.smtp_code,
+         'metadata', {metadata}",
+        k = kind.as_str(),
+    );
     format!(
         "WITH e AS MATERIALIZED (
            SELECT 'msg_' || gen_random_uuid() AS event_id, t.type, m.id, m.uuid,
-             jsonb_build_object(
+             json_build_object(
                'type', t.type,
                'timestamp', {now},
-               'data', jsonb_build_object(
-                 'kind', '{k}', 'id', m.id, 'uuid', m.uuid, 'status', m.status,
-                 'recipient', {recipient}, 'retry_count', m.retry_count,
-                 'error_message', m.error_message, 'smtp_code', o.smtp_code,
-                 'metadata', {metadata})
-               || CASE WHEN t.type = 'message.retrying'
-                       THEN jsonb_build_object('next_attempt_at', {next})
-                       ELSE '{{}}'::jsonb END
+               'data', CASE WHEN t.type = 'message.retrying'
+                 THEN json_build_object({fields}, 'next_attempt_at', {next})
+                 ELSE json_build_object({fields}) END
              )::text AS payload
            FROM unnest($1::bigint[], $2::int4[]) AS o(id, smtp_code)
            JOIN {t} m ON m.id = o.id
