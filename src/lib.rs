@@ -5,10 +5,11 @@
 //! - [`config`], [`domain`], [`metrics`]: every setting, parsed and
 //!   validated once; validated requests (built only through `parse`) and
 //!   the delivery domain; the counters.
-//! - [`store`] (all SQL, called only by the persistence actor), [`queue`]
+//! - [`store`] (all SQL, called only by the persistence and webhooks
+//!   actors), [`queue`]
 //!   (Redis), [`mail`] and [`smtp`] (building and sending mail).
 //! - [`actors`]: the supervised tree (supervisor, persistence, dispatcher,
-//!   mailers), their messages and the registry of their addresses.
+//!   mailers, webhooks), their messages and the registry of their addresses.
 //! - [`http`]: routing, handlers and error bodies on raw hyper, and the
 //!   `HttpIngress` actor that runs the accept loop.
 //! - [`telemetry`]: JSON logs and the panic hook.
@@ -52,6 +53,9 @@ pub const DB_POOL_SIZE: u32 = 16;
 /// reconciler): its own pool, so that neither path can take all the
 /// connections the other needs.
 pub const DB_BOOKKEEPING_POOL_SIZE: u32 = 8;
+/// Connections of the webhook outbox (claims, results, the event list):
+/// its own, so that a backlog of events never takes one from mail.
+pub const DB_WEBHOOK_POOL_SIZE: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -79,6 +83,7 @@ pub async fn run(
         store::bookkeeping_config(pg_config.clone()),
         DB_BOOKKEEPING_POOL_SIZE,
     );
+    let webhook_pool = store::pool(pg_config.clone(), DB_WEBHOOK_POOL_SIZE);
     let queue = queue::Queue::new(config.redis_url.expose(), &config.redis_key_prefix)
         .map_err(|e| RunError::Config(format!("REDIS_URL: {e}")))?;
     let backend = mail::Backend::from_config(&config).map_err(RunError::Config)?;
@@ -114,6 +119,7 @@ pub async fn run(
         registry,
         pool,
         bookkeeping,
+        webhook_pool,
         pg_config,
         queue,
         backend,

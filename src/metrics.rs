@@ -47,6 +47,12 @@ pub struct ActionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// `delivered`, `retry`, `failed` (given up) or `gone` (410).
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ChildLabels {
     pub child: String,
 }
@@ -120,6 +126,9 @@ pub struct Metrics {
     pub db_pool_idle: Gauge,
     pub rate_limited: Counter,
     pub actions: Family<ActionLabels, Counter>,
+    pub webhook_attempts: Family<WebhookLabels, Counter>,
+    pub webhook_duration: Histogram,
+    pub webhook_queue_depth: Gauge,
 }
 
 impl Default for Metrics {
@@ -222,6 +231,24 @@ impl Metrics {
             "Operator cancels and resends, by kind, action and result; a bulk action counts each message it matched (changed, unchanged)",
             actions.clone(),
         );
+        let webhook_attempts = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhook_attempts",
+            "Webhook delivery attempts, by what they left the event as (delivered, retry, failed, gone)",
+            webhook_attempts.clone(),
+        );
+        let webhook_duration = latency_histogram();
+        registry.register(
+            "webhook_attempt_duration_seconds",
+            "Time of one webhook attempt, until the receiver's answer or the timeout",
+            webhook_duration.clone(),
+        );
+        let webhook_queue_depth = Gauge::default();
+        registry.register(
+            "webhook_queue_depth",
+            "Webhook events waiting for delivery or a retry, at the last count",
+            webhook_queue_depth.clone(),
+        );
         registry.register_collector(Box::new(DroppedLogLines));
         Self {
             registry,
@@ -240,6 +267,9 @@ impl Metrics {
             db_pool_idle,
             rate_limited,
             actions,
+            webhook_attempts,
+            webhook_duration,
+            webhook_queue_depth,
         }
     }
 

@@ -148,3 +148,38 @@ fn a_valid_rust_log_is_accepted() {
     assert!(out.stderr.contains("PORT="), "{}", out.stderr);
     assert!(!out.stderr.contains("RUST_LOG"), "{}", out.stderr);
 }
+
+#[test]
+fn webhook_settings_that_cannot_work_each_stop_the_start_with_one_line() {
+    for (variable, value) in [
+        ("WEBHOOK_URLS", "ftp://hooks.example.org/in"),
+        ("WEBHOOK_EVENTS", "message.opened"),
+        ("WEBHOOK_TIMEOUT", "0"),
+        ("WEBHOOK_RETRY_SCHEDULE", "5,soon"),
+    ] {
+        assert_refused(variable, value);
+    }
+}
+
+#[test]
+fn webhook_urls_without_a_valid_secret_stop_the_start_naming_webhook_secret_but_not_showing_it() {
+    let url = ("WEBHOOK_URLS", "https://hooks.example.org/in");
+    for secret in [None, Some("hunter2-plain"), Some("whsec_hunter2!!")] {
+        let mut vars = vec![url];
+        vars.extend(secret.map(|s| ("WEBHOOK_SECRET", s)));
+        let out = run_with(&vars);
+        let context = format!("{secret:?}: exit {:?}\nstderr: {}", out.code, out.stderr);
+        assert_eq!(out.code, Some(1), "{context}");
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "exactly one line on stderr; {context}");
+        assert!(lines[0].contains("WEBHOOK_SECRET"), "{context}");
+        assert!(
+            !out.stderr.contains("hunter2"),
+            "the secret is never shown; {context}"
+        );
+        assert!(
+            !out.stdout.contains("hunter2"),
+            "the secret is never shown; {context}"
+        );
+    }
+}

@@ -274,6 +274,8 @@ fn document_is_valid_openapi_3_1() {
         "POST /api/contact/retry/",
         "POST /api/notify/cancel/",
         "POST /api/notify/retry/",
+        "GET /api/webhooks/events/",
+        "POST /api/webhooks/events/{id}/retry/",
     ] {
         assert!(
             operations.iter().any(|o| o == op),
@@ -387,7 +389,18 @@ fn max_examples() -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_service_conforms_to_the_document() {
     let cli = schemathesis();
-    let app = spawn_app_with(&[("API_TOKEN", API_TOKEN)]).await;
+    // Webhooks on, towards a port nothing listens on: the fixtures' outcomes
+    // give the events list real rows (pending, retried).
+    let hooks = format!("http://127.0.0.1:{}/hooks", common::free_port());
+    let app = spawn_app_with(&[
+        ("API_TOKEN", API_TOKEN),
+        ("WEBHOOK_URLS", &hooks),
+        (
+            "WEBHOOK_SECRET",
+            "whsec_b3BlbmFwaS10ZXN0LXNlY3JldC0xMjM0NTY3ODk=",
+        ),
+    ])
+    .await;
     // A message under the document's example uuid, per kind, so that the
     // operations on one message (detail, cancel) reach a real one before
     // the stateful phase has created any.

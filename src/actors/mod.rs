@@ -6,8 +6,8 @@
 //! The messages the actors exchange live in [`protocol`], and where each
 //! actor currently lives in [`registry`], kept by the supervisor: actors
 //! reach each other, and the HTTP layer reaches them, only through those
-//! two, so no actor imports another's file (persistence, which talks to no
-//! actor, keeps its message type beside it). The `HttpIngress` actor
+//! two, so no actor imports another's file (persistence and webhooks, which
+//! talk to no actor, keep their message types beside them). The `HttpIngress` actor
 //! belongs to the HTTP layer (`http::ingress`); the supervisor starts it
 //! through a function handed over at start.
 //!
@@ -16,6 +16,7 @@
 //! ├── Persistence   (PostgreSQL, the source of truth)
 //! ├── Dispatcher    (Redis stream + retry schedule; hands jobs to mailers)
 //! ├── Mailer × N    (one send at a time each)
+//! ├── Webhooks      (status events from the outbox to their receivers)
 //! └── HttpIngress   (accept loop, one task per connection; in http/)
 //! ```
 
@@ -26,3 +27,5 @@ pub mod persistence;
 pub mod protocol;
 pub mod registry;
 pub mod supervisor;
+pub mod webhooks;
+mod work;

@@ -129,6 +129,7 @@ pub enum Child {
     Persistence,
     Dispatcher,
     Mailer(usize),
+    Webhooks,
     HttpIngress,
 }
 
@@ -138,6 +139,7 @@ impl Child {
             Self::Persistence => "persistence".into(),
             Self::Dispatcher => "dispatcher".into(),
             Self::Mailer(i) => format!("mailer-{i}"),
+            Self::Webhooks => "webhooks".into(),
             Self::HttpIngress => "http_ingress".into(),
         }
     }

@@ -15,6 +15,7 @@ use ractor::ActorRef;
 
 use super::persistence::PersistenceMsg;
 use super::protocol::{DispatcherMsg, IngressMsg, MailerMsg, SupervisorMsg};
+use super::webhooks::WebhooksMsg;
 
 #[derive(Default)]
 pub struct Registry {
@@ -23,6 +24,7 @@ pub struct Registry {
     dispatcher: RwLock<Option<ActorRef<DispatcherMsg>>>,
     mailers: RwLock<Vec<Option<ActorRef<MailerMsg>>>>,
     ingress: RwLock<Option<ActorRef<IngressMsg>>>,
+    webhooks: RwLock<Option<ActorRef<WebhooksMsg>>>,
 }
 
 /// Reads a lock that a panicking writer may have poisoned: the data (an
@@ -59,6 +61,14 @@ impl Registry {
 
     pub fn ingress(&self) -> Option<ActorRef<IngressMsg>> {
         read(&self.ingress)
+    }
+
+    pub fn webhooks(&self) -> Option<ActorRef<WebhooksMsg>> {
+        read(&self.webhooks)
+    }
+
+    pub(super) fn set_webhooks(&self, actor: Option<ActorRef<WebhooksMsg>>) {
+        write(&self.webhooks, actor);
     }
 
     pub(super) fn set_supervisor(&self, actor: ActorRef<SupervisorMsg>) {

@@ -28,11 +28,13 @@ use super::protocol::{
     Child, ChildHealth, DispatcherMsg, IngressMsg, MailerMsg, SupervisorMsg, SupervisorReport,
 };
 use super::registry::Registry;
+use super::webhooks::{Webhooks, WebhooksArgs, WebhooksMsg};
 use crate::config::Config;
 use crate::mail::Backend;
 use crate::metrics::{ChildLabels, Metrics};
 use crate::queue::Queue;
 use crate::store::Pool;
+use crate::store::webhooks::Outbox;
 
 pub struct Supervisor;
 
@@ -51,6 +53,8 @@ pub struct SupervisorArgs {
     pub registry: Arc<Registry>,
     pub pool: Pool,
     pub bookkeeping: Pool,
+    /// The webhook outbox's own connections.
+    pub webhook_pool: Pool,
     pub pg_config: tokio_postgres::Config,
     pub queue: Queue,
     pub backend: Backend,
@@ -63,9 +67,12 @@ pub struct SupervisorState {
     registry: Arc<Registry>,
     pool: Pool,
     bookkeeping: Pool,
+    webhook_pool: Pool,
     pg_config: tokio_postgres::Config,
     queue: Queue,
     backend: Backend,
+    /// Where status events go; persistence records them with outcomes.
+    outbox: Arc<Outbox>,
     schema_ready: Arc<AtomicBool>,
     mailer_stats: Vec<Arc<MailerStats>>,
     /// What delivery owes the database, kept across dispatcher restarts.
@@ -74,6 +81,7 @@ pub struct SupervisorState {
     persistence: Option<ActorRef<PersistenceMsg>>,
     dispatcher: Option<ActorRef<DispatcherMsg>>,
     mailers: Vec<Option<ActorRef<MailerMsg>>>,
+    webhooks: Option<ActorRef<WebhooksMsg>>,
     health: BTreeMap<Child, ChildHealth>,
     shutting_down: bool,
 }
@@ -95,6 +103,8 @@ impl SupervisorState {
             Some(Child::Persistence)
         } else if is(self.dispatcher.as_ref().map(|a| a.get_cell())) {
             Some(Child::Dispatcher)
+        } else if is(self.webhooks.as_ref().map(|a| a.get_cell())) {
+            Some(Child::Webhooks)
         } else {
             self.mailers
                 .iter()
@@ -121,6 +131,10 @@ impl SupervisorState {
             Child::Mailer(i) => {
                 self.mailers[i] = None;
                 self.registry.set_mailer(i, None);
+            }
+            Child::Webhooks => {
+                self.webhooks = None;
+                self.registry.set_webhooks(None);
             }
         }
         if let Some(h) = self.health.get_mut(&child) {
@@ -149,6 +163,7 @@ impl SupervisorState {
                     pg_config: self.pg_config.clone(),
                     schema_ready: self.schema_ready.clone(),
                     retry: self.config.retry.clone(),
+                    outbox: self.outbox.clone(),
                 };
                 let (actor, _) =
                     Actor::spawn_linked(None, Persistence, args, myself.get_cell()).await?;
@@ -185,6 +200,18 @@ impl SupervisorState {
                     let _ = d.cast(DispatcherMsg::MailerUp(i));
                 }
             }
+            Child::Webhooks => {
+                let args = WebhooksArgs {
+                    config: self.config.clone(),
+                    metrics: self.metrics.clone(),
+                    pool: self.webhook_pool.clone(),
+                    schema_ready: self.schema_ready.clone(),
+                };
+                let (actor, _) =
+                    Actor::spawn_linked(None, Webhooks, args, myself.get_cell()).await?;
+                self.registry.set_webhooks(Some(actor.clone()));
+                self.webhooks = Some(actor);
+            }
         }
         self.health.entry(child).or_default().alive = true;
         Ok(())
@@ -203,6 +230,7 @@ impl Actor for Supervisor {
     ) -> Result<Self::State, ActorProcessingErr> {
         args.registry.set_supervisor(myself.clone());
         let workers = args.config.mailer_workers;
+        let outbox = Arc::new(Outbox::new(&args.config));
         let mut state = SupervisorState {
             spawn_ingress: Some(args.spawn_ingress),
             config: args.config,
@@ -210,9 +238,11 @@ impl Actor for Supervisor {
             registry: args.registry,
             pool: args.pool,
             bookkeeping: args.bookkeeping,
+            webhook_pool: args.webhook_pool,
             pg_config: args.pg_config,
             queue: args.queue,
             backend: args.backend,
+            outbox,
             schema_ready: Arc::new(AtomicBool::new(false)),
             mailer_stats: (0..workers).map(|_| Arc::default()).collect(),
             claim_ledger: Arc::default(),
@@ -220,6 +250,7 @@ impl Actor for Supervisor {
             persistence: None,
             dispatcher: None,
             mailers: vec![None; workers],
+            webhooks: None,
             health: BTreeMap::new(),
             shutting_down: false,
         };
@@ -230,6 +261,7 @@ impl Actor for Supervisor {
             state.spawn(&myself, Child::Mailer(i)).await?;
         }
         state.spawn(&myself, Child::Dispatcher).await?;
+        state.spawn(&myself, Child::Webhooks).await?;
         state.spawn(&myself, Child::HttpIngress).await?;
         Ok(state)
     }
@@ -300,6 +332,10 @@ impl Actor for Supervisor {
                 //    database goes last.
                 for mailer in state.mailers.iter_mut().filter_map(Option::take) {
                     stop(mailer.get_cell()).await;
+                }
+                // An attempt cut off here is due again when its lease ends.
+                if let Some(webhooks) = state.webhooks.take() {
+                    stop(webhooks.get_cell()).await;
                 }
                 if let Some(persistence) = state.persistence.take() {
                     stop(persistence.get_cell()).await;

@@ -15,10 +15,12 @@ use std::time::Duration;
 mod cors;
 mod secret;
 mod vars;
+mod webhooks;
 
 pub use cors::CorsConfig;
 pub use secret::Secret;
 use vars::Vars;
+pub use webhooks::WebhookConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EmailBackend {
@@ -105,6 +107,8 @@ pub struct Config {
     pub idempotency_ttl: Duration,
     /// Browser origins allowed to call the API (`CORS_*`).
     pub cors: CorsConfig,
+    /// Status webhooks (`WEBHOOK_*`, in `webhooks.rs`).
+    pub webhooks: WebhookConfig,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -277,6 +281,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(v.parse("SHUTDOWN_TIMEOUT", 30)?),
             idempotency_ttl: Duration::from_secs(idempotency_ttl_hours * 3600),
             cors: cors::read(&v)?,
+            webhooks: webhooks::load(&v)?,
         })
         .and_then(|c: Config| {
             if c.smtp.use_tls && c.smtp.use_ssl {

@@ -19,6 +19,14 @@ pub const SEARCH_MAX: usize = 255;
 
 /// The messages a list shows or a bulk action changes. Every part is
 /// optional; the parts present all apply (AND).
+/// DRF's message for a value that is not one of `choices`.
+pub fn not_a_choice(raw: &str, choices: &[&str]) -> String {
+    format!(
+        "Select a valid choice. {raw} is not one of the available choices: {}.",
+        choices.join(", ")
+    )
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Filter {
     pub status: Option<Status>,
@@ -71,13 +79,7 @@ impl Filter {
         if let Some(raw) = value("status") {
             match Status::parse(raw) {
                 Some(s) => f.status = Some(s),
-                None => errors.add(
-                    "status",
-                    format!(
-                        "Select a valid choice. {raw} is not one of the available choices: {}.",
-                        Status::ALL.map(Status::as_str).join(", ")
-                    ),
-                ),
+                None => errors.add("status", not_a_choice(raw, &Status::ALL.map(Status::as_str))),
             }
         }
         let to = recipient_param(kind);
@@ -236,7 +238,7 @@ impl Cursor {
         if raw.is_empty() {
             return Some(Self::Newest);
         }
-        if raw.len() > 40 || raw.len() % 2 != 0 {
+        if raw.len() > 40 || !raw.len().is_multiple_of(2) {
             return None;
         }
         let bytes: Option<Vec<u8>> = (0..raw.len())

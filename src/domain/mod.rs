@@ -11,6 +11,7 @@ pub mod delivery;
 mod fields;
 pub mod filter;
 mod idempotency;
+pub mod webhook;
 
 pub use fields::{EmailAddress, FieldErrors};
 pub use idempotency::{Fingerprint, IdempotencyKey};

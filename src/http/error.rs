@@ -36,6 +36,13 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unprocessable(&'static str),
+    /// The resource is in a status the action may not change (a webhook
+    /// event that is not failed; operator actions build their own 409 body).
+    #[error("{detail}")]
+    Conflict {
+        detail: String,
+        status: &'static str,
+    },
     /// A dependency is down, slow or restarting, and nothing was done. The
     /// reason goes to the log, not to the client.
     #[error("{0}")]
@@ -82,6 +89,7 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Unavailable(_) | Self::MaybeStored(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -118,6 +126,9 @@ impl ApiError {
                 "Unsupported media type \"{ct}\" in request. Use application/json."
             )),
             Self::Unprocessable(m) => detail(m),
+            Self::Conflict { detail, status } => {
+                serde_json::to_vec(&serde_json::json!({"detail": detail, "status": status}))
+            }
             Self::Unavailable(m) => {
                 tracing::warn!(reason = %m, "answering 503");
                 serde_json::to_vec(&Unavailable {

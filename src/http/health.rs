@@ -15,6 +15,7 @@ use super::error::json;
 use super::{AppContext, HttpResponse};
 use crate::actors::persistence::PersistenceMsg;
 use crate::actors::protocol::{DispatcherMsg, IngressMsg, MailerMsg, SupervisorMsg};
+use crate::actors::webhooks::WebhooksMsg;
 
 /// Per-actor budget inside `/healthz`; the queries run in parallel.
 const HEALTH_CALL_TIMEOUT_MS: u64 = 1500;
@@ -81,6 +82,11 @@ pub async fn healthz(ctx: &AppContext) -> HttpResponse {
         let d = dispatcher.as_ref()?;
         call_t!(d, DispatcherMsg::Report, HEALTH_CALL_TIMEOUT_MS).ok()
     };
+    let webhooks = ctx.registry.webhooks();
+    let webhooks_report = async {
+        let w = webhooks.as_ref()?;
+        call_t!(w, WebhooksMsg::Report, HEALTH_CALL_TIMEOUT_MS).ok()
+    };
     // One task per mailer, so they are asked at the same time; awaiting the
     // handles in order then costs the slowest answer, not the sum.
     let mailer_tasks: Vec<_> = mailers
@@ -107,6 +113,7 @@ pub async fn healthz(ctx: &AppContext) -> HttpResponse {
         dispatcher_report,
         ingress_report,
         mailer_reports,
+        webhooks_report,
     ) = tokio::join!(
         database,
         redis,
@@ -114,7 +121,8 @@ pub async fn healthz(ctx: &AppContext) -> HttpResponse {
         supervisor_report,
         dispatcher_report,
         ingress_report,
-        mailer_reports
+        mailer_reports,
+        webhooks_report
     );
 
     let alive = mailer_reports.iter().filter(|r| r.is_some()).count();
@@ -139,6 +147,15 @@ pub async fn healthz(ctx: &AppContext) -> HttpResponse {
     checks.insert("database", check(database));
     checks.insert("redis", check(redis));
     checks.insert("mailers", check(mailers_check));
+    // Only the actor itself counts: a receiver that is down or failing is
+    // the receiver's trouble, and its events wait in the outbox.
+    if ctx.config.webhooks.enabled() {
+        let answered = webhooks_report
+            .as_ref()
+            .map(|_| ())
+            .ok_or("the webhooks actor does not answer");
+        checks.insert("webhooks", check(answered));
+    }
 
     let to_value = |v: Option<Value>| v.unwrap_or_else(|| Value::String("error: no answer".into()));
     let mut actors = BTreeMap::new();
@@ -157,6 +174,10 @@ pub async fn healthz(ctx: &AppContext) -> HttpResponse {
     actors.insert(
         "http_ingress",
         to_value(ingress_report.and_then(|r| serde_json::to_value(r).ok())),
+    );
+    actors.insert(
+        "webhooks",
+        to_value(webhooks_report.and_then(|r| serde_json::to_value(r).ok())),
     );
     actors.insert(
         "mailers",

@@ -20,6 +20,7 @@ mod listing;
 mod messages;
 pub mod ratelimit;
 pub mod server;
+mod webhooks;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -92,6 +93,10 @@ enum Endpoint<'a> {
     /// An operator's action on every message a filter matches:
     /// `/api/{kind}/cancel/`, `/api/{kind}/retry/` (never an id).
     Bulk(MessageKind, ActionName),
+    /// The webhook outbox: `/api/webhooks/events/`.
+    WebhookEvents,
+    /// `/api/webhooks/events/{id}/retry/`.
+    WebhookRetry(&'a str),
 }
 
 impl<'a> Endpoint<'a> {
@@ -109,6 +114,10 @@ impl<'a> Endpoint<'a> {
             ["livez"] => Some(Self::Livez),
             ["healthz"] => Some(Self::Healthz),
             ["metrics"] => Some(Self::Metrics),
+            ["api", "webhooks", "events"] => Some(Self::WebhookEvents),
+            ["api", "webhooks", "events", id, "retry"] if !id.is_empty() => {
+                Some(Self::WebhookRetry(id))
+            }
             ["admin", rest @ ..] => admin::Asset::parse(rest).map(Self::Admin),
             ["api", name] => kind(name).map(Self::Collection),
             ["api", name, action] if ActionName::parse(action).is_some() => {
@@ -145,13 +154,15 @@ impl<'a> Endpoint<'a> {
             Self::Bulk(MessageKind::Contact, ActionName::Retry) => "/api/contact/retry/",
             Self::Bulk(MessageKind::Notify, ActionName::Cancel) => "/api/notify/cancel/",
             Self::Bulk(MessageKind::Notify, ActionName::Retry) => "/api/notify/retry/",
+            Self::WebhookEvents => "/api/webhooks/events/",
+            Self::WebhookRetry(_) => "/api/webhooks/events/{id}/retry/",
         }
     }
 
     fn allow(self) -> &'static str {
         match self {
             Self::Collection(_) => "GET, HEAD, POST, OPTIONS",
-            Self::Action(..) | Self::Bulk(..) => "POST, OPTIONS",
+            Self::Action(..) | Self::Bulk(..) | Self::WebhookRetry(_) => "POST, OPTIONS",
             _ => "GET, HEAD, OPTIONS",
         }
     }
@@ -160,7 +171,7 @@ impl<'a> Endpoint<'a> {
         let read = method == Method::GET || method == Method::HEAD;
         match self {
             Self::Collection(_) => read || method == Method::POST,
-            Self::Action(..) | Self::Bulk(..) => method == Method::POST,
+            Self::Action(..) | Self::Bulk(..) | Self::WebhookRetry(_) => method == Method::POST,
             _ => read,
         }
     }
@@ -331,6 +342,8 @@ async fn route_to(
         }
         Endpoint::Bulk(kind, action) => bulk::bulk(req, ctx, kind, action, request_id).await,
         Endpoint::Admin(asset) => Ok(admin::serve(asset, req.headers())),
+        Endpoint::WebhookEvents => webhooks::list(req, ctx).await,
+        Endpoint::WebhookRetry(id) => webhooks::retry(ctx, id).await,
     }
 }
 

@@ -29,6 +29,7 @@ use uuid::Uuid;
 use super::conn::{Pool, checkout};
 use super::error::StoreError;
 use super::keys::{self, KeyClaim};
+use super::purge;
 use super::read::table;
 use crate::domain::{
     Fingerprint, IdempotencyKey, MessageKind, NewContact, NewMessage, NewNotification, Status,
@@ -339,57 +340,19 @@ pub async fn accept(pool: &Pool, req: &AcceptRequest) -> Result<AcceptOutcome, S
     })
 }
 
-/// Expired idempotency keys that one purge statement deletes at most.
-pub const PURGE_BATCH: u64 = 5_000;
-/// Between two batches of one purge, so that a long purge leaves room to
-/// the requests that share its pool.
-const PURGE_PAUSE: Duration = Duration::from_millis(50);
-
-/// Deletes every expired idempotency record: in batches of [`PURGE_BATCH`],
-/// each its own statement (a short transaction) on its own checkout, with a
-/// short pause between them, until a batch comes back short. So a purge
-/// keeps up with keys however fast they expire, and no statement holds
-/// locks or a connection for long. `per_batch` bounds each batch; rows
-/// already locked by another purge (another instance) are skipped.
-/// Returns the number deleted.
-///
-/// Housekeeping neither opens a connection nor queues for one: a batch
-/// starts only while the pool has an idle connection, so during an outage
-/// (when every checkout may start a connection attempt that hangs) the
-/// purge adds nothing to the pool's load; it resumes with the traffic.
+/// Deletes every expired idempotency record, in batches (see
+/// [`purge::in_batches`]): a purge keeps up with keys however fast they
+/// expire, and no statement holds locks or a connection for long. Returns
+/// the number deleted.
 pub async fn purge_expired_keys(pool: &Pool, per_batch: Duration) -> Result<u64, StoreError> {
-    let mut total = 0;
-    loop {
-        if pool.state().idle_connections == 0 {
-            return Ok(total);
-        }
-        let deleted = tokio::time::timeout(per_batch, purge_batch(pool))
-            .await
-            .map_err(|_| {
-                StoreError::InDoubt(format!(
-                    "a purge batch took over {per_batch:?} after {total} deleted"
-                ))
-            })??;
-        total += deleted;
-        if deleted < PURGE_BATCH {
-            return Ok(total);
-        }
-        tokio::time::sleep(PURGE_PAUSE).await;
-    }
-}
-
-async fn purge_batch(pool: &Pool) -> Result<u64, StoreError> {
-    let conn = checkout(pool).await?;
-    let limit = PURGE_BATCH as i64;
-    let deleted = conn
-        .execute(
-            "DELETE FROM idempotency_keys WHERE ctid IN (
-               SELECT ctid FROM idempotency_keys WHERE expires_at <= now()
-               LIMIT $1 FOR UPDATE SKIP LOCKED)
-             AND expires_at <= now()",
-            &[&limit],
-        )
-        .await?;
-    conn.release();
-    Ok(deleted)
+    purge::in_batches(
+        pool,
+        per_batch,
+        "DELETE FROM idempotency_keys WHERE ctid IN (
+           SELECT ctid FROM idempotency_keys WHERE expires_at <= now()
+           LIMIT $1 FOR UPDATE SKIP LOCKED)
+         AND expires_at <= now()",
+        &[],
+    )
+    .await
 }

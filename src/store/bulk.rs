@@ -27,6 +27,7 @@ use super::events::Origin;
 use super::filter::{conditions, refs};
 use super::keys::{self, KeyClaim};
 use super::read::table;
+use super::webhooks::Outbox;
 use crate::domain::MessageKind;
 use crate::domain::control::Action;
 use crate::domain::filter::Filter;
@@ -55,7 +56,11 @@ pub struct BatchOutcome {
     pub next: Option<i64>,
 }
 
-pub async fn bulk_batch(pool: &Pool, b: &BulkBatch) -> Result<BatchOutcome, StoreError> {
+pub async fn bulk_batch(
+    pool: &Pool,
+    b: &BulkBatch,
+    outbox: &Outbox,
+) -> Result<BatchOutcome, StoreError> {
     let mut conn = checkout(pool).await?;
     let tx = conn.transaction().await?;
     let (cond, params) = conditions(b.kind, &b.filter);
@@ -78,7 +83,7 @@ pub async fn bulk_batch(pool: &Pool, b: &BulkBatch) -> Result<BatchOutcome, Stor
         }
         last = Some(id);
     }
-    let changed = change(&tx, b.kind, b.action, &eligible, &b.origin).await?;
+    let changed = change(&tx, b.kind, b.action, &eligible, &b.origin, outbox).await?;
     tx.commit().await?;
     conn.release();
     Ok(BatchOutcome {

@@ -20,6 +20,7 @@ use super::error::StoreError;
 use super::events::{self, Origin};
 use super::keys::{self, KeyClaim};
 use super::read::{MessageRef, get_on, table};
+use super::webhooks::{self, Outbox};
 use crate::domain::control::Action;
 use crate::domain::{IdempotencyKey, MessageKind, Status};
 
@@ -80,6 +81,7 @@ pub(super) async fn change(
     action: Action,
     ids: &[i64],
     origin: &Origin,
+    outbox: &Outbox,
 ) -> Result<Vec<i64>, StoreError> {
     if ids.is_empty() {
         return Ok(Vec::new());
@@ -110,13 +112,20 @@ pub(super) async fn change(
         .collect::<Result<_, _>>()?;
     tx.execute(&update_sql(kind, action), &[&changed]).await?;
     events::record(tx, kind, action, &changed, &prior, origin).await?;
+    if matches!(action, Action::Cancel) {
+        webhooks::record(tx, outbox, kind, &changed, &[]).await?;
+    }
     Ok(changed)
 }
 
 /// One operator action on one message, in one transaction with its event
 /// and its `Idempotency-Key` record. A refusal is remembered under the key
 /// as well: it is the answer that request got.
-pub async fn act(pool: &Pool, req: &ActionRequest) -> Result<ActionOutcome, StoreError> {
+pub async fn act(
+    pool: &Pool,
+    req: &ActionRequest,
+    outbox: &Outbox,
+) -> Result<ActionOutcome, StoreError> {
     let mut conn = checkout(pool).await?;
     let tx = conn.transaction().await?;
     let Some(id) = resolve(&tx, req.kind, req.at).await? else {
@@ -138,7 +147,7 @@ pub async fn act(pool: &Pool, req: &ActionRequest) -> Result<ActionOutcome, Stor
             return Ok(outcome);
         }
     }
-    let changed = change(&tx, req.kind, req.action, &[id], &req.origin).await?;
+    let changed = change(&tx, req.kind, req.action, &[id], &req.origin, outbox).await?;
     // `refused`: the status that kept the message from changing.
     let (code, body, refused) = if changed.is_empty() {
         // Read after the lock: if a claim won the race, this is the

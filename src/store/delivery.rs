@@ -23,6 +23,7 @@ use uuid::Uuid;
 use super::conn::{Pool, checkout};
 use super::error::StoreError;
 use super::read::{content_columns, content_from_row, table};
+use super::webhooks::{self, Outbox};
 use crate::config::RetryPolicy;
 use crate::domain::MessageKind;
 use crate::domain::delivery::{AttemptResult, MailJob, Outcome, Settled};
@@ -42,7 +43,9 @@ pub(super) fn settled_from_row(
 
 /// Runs one statement per message inside one transaction, with `BEGIN`,
 /// the statements and `COMMIT` pipelined: one round trip and one WAL flush
-/// for the whole batch. The commit is synchronous: once it returns, a
+/// for the whole batch. `after` are statements of the same transaction that
+/// follow them (their results unused), such as the batch's webhook events.
+/// The commit is synchronous: once it returns, a
 /// claim or an outcome survives a crash of PostgreSQL too, so a mail
 /// recorded as sent is never sent again. A failed statement aborts the
 /// transaction (PostgreSQL turns the `COMMIT` into a rollback) and the
@@ -51,6 +54,7 @@ pub(super) fn settled_from_row(
 async fn pipelined<'a, T, F>(
     conn: &'a Client,
     statements: impl IntoIterator<Item = F>,
+    after: Vec<BoxFuture<'a, Result<u64, tokio_postgres::Error>>>,
 ) -> Result<Vec<T>, StoreError>
 where
     T: Send + 'a,
@@ -64,8 +68,12 @@ where
     for statement in statements {
         steps.push(Box::pin(async move { statement.await.map(Some) }));
     }
+    let count = steps.len() - 1;
+    for statement in after {
+        steps.push(Box::pin(async move { statement.await.map(|_| None) }));
+    }
     steps.push(control("COMMIT"));
-    let mut rows = Vec::with_capacity(steps.len() - 2);
+    let mut rows = Vec::with_capacity(count);
     for step in join_in_order(steps).await {
         if let Some(row) = step? {
             rows.push(row);
@@ -211,6 +219,7 @@ pub async fn claim(
                 .1;
             conn.query_opt(statement, p)
         }),
+        Vec::new(),
     )
     .await?;
     conn.release();
@@ -293,13 +302,19 @@ pub async fn finish_batch(
     pool: &Pool,
     done: &[(MailJob, AttemptResult)],
     policy: &RetryPolicy,
+    outbox: &Outbox,
 ) -> Result<Vec<Option<Settled>>, StoreError> {
     let mut conn = checkout(pool).await?;
     let mut statements = Vec::with_capacity(2);
+    let mut record_statements = Vec::new();
     for kind in [MessageKind::Contact, MessageKind::Notify] {
         // Only the kinds present: preparing touches the table.
         if done.iter().any(|(j, _)| j.kind == kind) {
             statements.push((kind, conn.prepared(finish_sql(kind)).await?));
+            if outbox.is_on() {
+                let sql = webhooks::record_sql(kind);
+                record_statements.push((kind, conn.prepared(sql).await?));
+            }
         }
     }
     let params: Vec<FinishParams> = done
@@ -322,6 +337,30 @@ pub async fn finish_batch(
         })
         .collect();
     let arrays: Vec<_> = params.iter().map(FinishParams::as_params).collect();
+    // The events of the batch, one statement per kind after the outcomes;
+    // it records only the messages this transaction changed, so an outcome
+    // whose lease was lost has none.
+    let events: Vec<(MessageKind, Vec<i64>, Vec<Option<i32>>)> = record_statements
+        .iter()
+        .map(|(kind, _)| {
+            let (ids, codes) = done
+                .iter()
+                .filter(|(job, _)| job.kind == *kind)
+                .map(|(job, result)| (job.id, result.smtp_code))
+                .unzip();
+            (*kind, ids, codes)
+        })
+        .collect();
+    let client: &Client = &conn;
+    let after = events
+        .iter()
+        .zip(&record_statements)
+        .map(|((kind, ids, codes), (_, statement))| {
+            Box::pin(webhooks::record_with(
+                client, statement, outbox, *kind, ids, codes,
+            )) as BoxFuture<'_, _>
+        })
+        .collect();
     let rows = pipelined(
         &conn,
         done.iter().zip(&arrays).map(|((job, _), p)| {
@@ -332,6 +371,7 @@ pub async fn finish_batch(
                 .1;
             conn.query_opt(statement, p)
         }),
+        after,
     )
     .await?;
     conn.release();

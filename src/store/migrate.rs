@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../sql/0004_attempt_base.sql"),
     ),
     (5, "events", include_str!("../../sql/0005_events.sql")),
+    (6, "webhooks", include_str!("../../sql/0006_webhooks.sql")),
 ];
 
 /// An arbitrary constant naming "email-service migrations" among advisory locks.

@@ -1,4 +1,5 @@
-//! All SQL of the service. Only the `Persistence` actor calls into this module;
+//! All SQL of the service. Only the `Persistence` actor calls into this module
+//! (and the `Webhooks` actor, for the outbox's delivery side, `webhooks`);
 //! the functions here take a pool and do one unit of work each, and every
 //! other file of the crate reaches it through the names re-exported here.
 //!
@@ -21,6 +22,9 @@
 //!   bulk one does so in short batches (`bulk`); each change is recorded
 //!   with it (`events`), and an `Idempotency-Key` answers a repeat as the
 //!   first time on every endpoint that takes one (`keys`);
+//! - a status event is recorded in the transaction of the outcome that
+//!   causes it, and is claimed for delivery by one instance at a time,
+//!   under a lease (`webhooks`);
 //! - the schema is created and migrated once, even by instances starting
 //!   together (`migrate`).
 
@@ -35,8 +39,10 @@ mod filter;
 mod keys;
 pub mod migrate;
 mod pool;
+mod purge;
 mod read;
 pub mod recovery;
+pub mod webhooks;
 
 pub use accept::{AcceptOutcome, AcceptRequest, accept, accept_batch, purge_expired_keys};
 pub use bulk::{BatchOutcome, BulkBatch, BulkKey, bulk_batch, bulk_finish, bulk_lookup};

@@ -13,6 +13,7 @@ use super::conn::{Pool, checkout};
 use super::delivery::settled_from_row;
 use super::error::StoreError;
 use super::read::table;
+use super::webhooks::{self, Outbox};
 use crate::config::RetryPolicy;
 use crate::domain::MessageKind;
 use crate::domain::delivery::{ClaimRef, Reclaimed};
@@ -35,6 +36,7 @@ pub const RECLAIM_GRACE: Duration = Duration::from_secs(10);
 pub async fn reclaim_expired(
     pool: &Pool,
     policy: &RetryPolicy,
+    outbox: &Outbox,
 ) -> Result<Vec<Reclaimed>, StoreError> {
     const ERROR: &str = "lease expired: the process sending this message stopped mid-send";
     let mut conn = checkout(pool).await?;
@@ -106,6 +108,7 @@ pub async fn reclaim_expired(
                 &[&kind.as_str(), &ids, &ERROR],
             )
             .await?;
+            webhooks::record(&tx, outbox, kind, &ids, &[]).await?;
         }
     }
     tx.commit().await?;

@@ -22,6 +22,26 @@ pub fn redis_url() -> String {
     required_env("TEST_REDIS_URL")
 }
 
+/// Deletes every Redis key under `prefix`, which is what a FLUSHALL or an
+/// empty restart does to that deployment; returns how many there were.
+pub async fn wipe_redis(prefix: &str) -> usize {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    keys.len()
+}
+
 /// `url` with its database name replaced by `db`, keeping any query string.
 pub fn with_database(url: &str, db: &str) -> String {
     let after_scheme = url.find("://").map_or(0, |i| i + 3);

@@ -22,14 +22,16 @@ pub mod poll;
 pub mod process;
 pub mod raw;
 pub mod smtp_sink;
+pub mod webhook_sink;
 
 pub use app::{AppBuilder, TestApp};
-pub use db::{TABLES, Target, connect, count_rows, redis_url, scalar};
+pub use db::{TABLES, Target, connect, count_rows, redis_url, scalar, wipe_redis};
 pub use http::TestResponse;
 pub use poll::poll_until;
 pub use process::ServiceProcess;
 pub use raw::{RawConn, RawResponse, raw_exchange};
 pub use smtp_sink::{Mode, SmtpSink};
+pub use webhook_sink::{Hook, HookMode, WebhookSink};
 
 /// Starts the service with the test defaults on a fresh [`Target`].
 pub async fn spawn_app() -> TestApp {

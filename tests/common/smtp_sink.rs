@@ -78,18 +78,7 @@ impl SmtpSink {
 
     /// Listens again on the same port.
     pub async fn up(&self) {
-        let mut tries = 0;
-        let listener = loop {
-            match TcpListener::bind(self.addr).await {
-                Ok(l) => break l,
-                Err(e) if tries < 50 => {
-                    tries += 1;
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("sink could not re-bind {}: {e}", self.addr),
-            }
-        };
+        let listener = rebind(self.addr).await;
         let server = tokio::spawn(serve(listener, self.state.clone()));
         *self.server.lock().unwrap() = Some(server);
     }
@@ -109,6 +98,23 @@ impl SmtpSink {
             *counts.entry(r.message_id.unwrap_or_default()).or_insert(0) += 1;
         }
         counts
+    }
+}
+
+/// Listens again on `addr`, which a test server let go of a moment ago (to
+/// be "down"): retried for a little while, as the port may not be free again
+/// at once. The webhook sink uses it too.
+pub async fn rebind(addr: std::net::SocketAddr) -> tokio::net::TcpListener {
+    let mut tries = 0;
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(_) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("could not listen on {addr} again: {e}"),
+        }
     }
 }
 

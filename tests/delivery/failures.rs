@@ -3,7 +3,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use crate::common::{Mode, SmtpSink, TestApp, poll_until, redis_url};
+use crate::common::{Mode, SmtpSink, TestApp, poll_until, wipe_redis};
 
 /// Retries in tests: 300 ms, 600 ms, 1200 ms.
 const FAST_RETRIES: [(&str, &str); 3] = [
@@ -259,19 +259,7 @@ async fn losing_every_redis_key_while_messages_wait_delays_but_loses_nothing() {
     .await;
     // This test's keys are its whole Redis state: deleting them is what a
     // FLUSHALL or an empty restart does to this deployment.
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:*", app.target.prefix))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(!keys.is_empty());
-    let _: () = redis::cmd("DEL")
-        .arg(&keys)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    assert!(wipe_redis(&app.target.prefix).await > 0);
 
     for uuid in &uuids {
         let v = app

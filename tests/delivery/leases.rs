@@ -9,6 +9,7 @@ use std::time::Duration;
 use email_service::config::RetryPolicy;
 use email_service::domain::MessageKind;
 use email_service::domain::delivery::{AttemptResult, MailJob, Outcome};
+use email_service::store::webhooks::Outbox;
 use email_service::store::{self, Pool, delivery, recovery};
 
 use crate::common::{Target, scalar};
@@ -99,12 +100,14 @@ async fn a_live_holder_records_its_outcome_after_its_lease_expired() {
     )
     .await
     .unwrap();
-    let taken = recovery::reclaim_expired(&pool, &policy()).await.unwrap();
+    let taken = recovery::reclaim_expired(&pool, &policy(), &Outbox::default())
+        .await
+        .unwrap();
     assert!(
         taken.is_empty(),
         "a lease seen expired for the first time is left to its holder for the grace"
     );
-    let settled = delivery::finish_batch(&pool, &[(job, sent())], &policy())
+    let settled = delivery::finish_batch(&pool, &[(job, sent())], &policy(), &Outbox::default())
         .await
         .unwrap();
     assert_eq!(settled[0].as_ref().map(|s| s.status.as_str()), Some("sent"));
@@ -115,7 +118,7 @@ async fn a_live_holder_records_its_outcome_after_its_lease_expired() {
     );
     // The holder's write also cleared the mark: nothing is left to reclaim.
     assert!(
-        recovery::reclaim_expired(&pool, &policy())
+        recovery::reclaim_expired(&pool, &policy(), &Outbox::default())
             .await
             .unwrap()
             .is_empty()
@@ -135,7 +138,7 @@ async fn an_expired_lease_is_reclaimed_once_the_grace_has_passed() {
     .await
     .unwrap();
     assert!(
-        recovery::reclaim_expired(&pool, &policy())
+        recovery::reclaim_expired(&pool, &policy(), &Outbox::default())
             .await
             .unwrap()
             .is_empty()
@@ -160,7 +163,9 @@ async fn an_expired_lease_is_reclaimed_once_the_grace_has_passed() {
     )
     .await
     .unwrap();
-    let taken = recovery::reclaim_expired(&pool, &policy()).await.unwrap();
+    let taken = recovery::reclaim_expired(&pool, &policy(), &Outbox::default())
+        .await
+        .unwrap();
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].attempt, 1);
     assert_eq!(taken[0].settled.status, "queued");
@@ -184,7 +189,7 @@ async fn a_late_outcome_after_a_reclaim_changes_nothing() {
     .await
     .unwrap();
     assert_eq!(
-        recovery::reclaim_expired(&pool, &policy())
+        recovery::reclaim_expired(&pool, &policy(), &Outbox::default())
             .await
             .unwrap()
             .len(),
@@ -204,7 +209,7 @@ async fn a_late_outcome_after_a_reclaim_changes_nothing() {
     );
     // The first holder's outcome arrives late: it must not touch the
     // message now held by the second, nor its attempts.
-    let settled = delivery::finish_batch(&pool, &[(job, sent())], &policy())
+    let settled = delivery::finish_batch(&pool, &[(job, sent())], &policy(), &Outbox::default())
         .await
         .unwrap();
     assert_eq!(settled, vec![None], "the lease is gone: nothing is written");
@@ -216,9 +221,14 @@ async fn a_late_outcome_after_a_reclaim_changes_nothing() {
     .await;
     assert!(sent_at.is_none(), "the late outcome set no sent_at");
     // The second holder's own outcome is written.
-    let settled = delivery::finish_batch(&pool, &[(retry[0].clone(), sent())], &policy())
-        .await
-        .unwrap();
+    let settled = delivery::finish_batch(
+        &pool,
+        &[(retry[0].clone(), sent())],
+        &policy(),
+        &Outbox::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(settled[0].as_ref().map(|s| s.status.as_str()), Some("sent"));
 }
 
@@ -256,7 +266,7 @@ async fn a_release_gives_back_only_its_own_claim_and_leaves_no_attempt() {
         recovery::release(&pool, &[job.claim_ref()]).await.unwrap(),
         vec![false]
     );
-    let late = delivery::finish_batch(&pool, &[(job, sent())], &policy())
+    let late = delivery::finish_batch(&pool, &[(job, sent())], &policy(), &Outbox::default())
         .await
         .unwrap();
     assert_eq!(late, vec![None]);
@@ -276,7 +286,7 @@ async fn a_batch_of_a_hundred_claims_and_outcomes_is_written_whole() {
     claimed.sort();
     assert_eq!(claimed, ids);
     let done: Vec<_> = jobs.into_iter().map(|j| (j, sent())).collect();
-    let settled = delivery::finish_batch(&pool, &done, &policy())
+    let settled = delivery::finish_batch(&pool, &done, &policy(), &Outbox::default())
         .await
         .unwrap();
     assert!(
@@ -297,4 +307,82 @@ async fn a_batch_of_a_hundred_claims_and_outcomes_is_written_whole() {
     )
     .await;
     assert_eq!(sent, 100);
+}
+
+/// Webhooks on: an outbox sending every type to two receivers.
+fn outbox_on() -> Outbox {
+    let vars = [
+        ("WEBHOOK_URLS", "http://a.invalid/h,http://b.invalid/h"),
+        (
+            "WEBHOOK_SECRET",
+            "whsec_bGVhc2VzLXRlc3Qtc2VjcmV0LTEyMzQ1Njc4OTA=",
+        ),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    Outbox::new(&email_service::config::Config::from_map(&vars).unwrap())
+}
+
+/// The events of an outcome batch go in with it, set-based, for the
+/// outcomes it wrote only: one whose lease was lost meanwhile has none.
+#[tokio::test]
+async fn an_outcome_batch_records_events_for_the_outcomes_it_wrote_only() {
+    let target = Target::fresh();
+    let (pool, db) = store_on(&target).await;
+    let ids = queued(&db, 3).await;
+    let jobs = claim(&pool, &ids).await;
+    // The third one's lease was lost: a reclaim made it a retry meanwhile.
+    db.execute(
+        "UPDATE notifications SET status = 'queued', lease_owner = NULL, retry_count = 1
+         WHERE id = $1",
+        &[&ids[2]],
+    )
+    .await
+    .unwrap();
+    let transient = AttemptResult {
+        outcome: Outcome::Transient,
+        smtp_code: Some(451),
+        smtp_reply: Some("451 later".into()),
+        error: Some("451 later".into()),
+        duration_ms: 5,
+    };
+    let done = vec![
+        (jobs[0].clone(), sent()),
+        (jobs[1].clone(), transient.clone()),
+        (jobs[2].clone(), sent()),
+    ];
+    let settled = delivery::finish_batch(&pool, &done, &policy(), &outbox_on())
+        .await
+        .unwrap();
+    assert!(settled[0].is_some() && settled[1].is_some() && settled[2].is_none());
+    let rows: Vec<(i64, String, i64)> = db
+        .query(
+            "SELECT message_id, type, count(*) FROM webhook_events
+             GROUP BY message_id, type ORDER BY message_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (ids[0], "message.sent".to_owned(), 2),
+            (ids[1], "message.retrying".to_owned(), 2)
+        ],
+        "one row per receiver, none for the lost lease"
+    );
+    let code: i64 = scalar(
+        &db,
+        &format!(
+            "SELECT (payload::jsonb #>> '{{data,smtp_code}}')::bigint FROM webhook_events
+             WHERE message_id = {} LIMIT 1",
+            ids[1]
+        ),
+    )
+    .await;
+    assert_eq!(code, 451);
 }

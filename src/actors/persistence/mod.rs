@@ -30,12 +30,15 @@ use self::group_commit::{BATCH_QUEUE, Pending, group_commit};
 use crate::config::RetryPolicy;
 use crate::domain::MessageKind;
 use crate::domain::delivery::{AttemptResult, ClaimRef, MailJob, Reclaimed, Settled};
+use crate::store::webhooks::Outbox;
 use crate::store::{
     self, AcceptOutcome, AcceptRequest, ActionOutcome, ActionRequest, BatchOutcome, BulkBatch,
     BulkKey, KeyClaim, ListQuery, MessageRef, MessageView, Page, Pool, StoreError,
 };
 use crate::store::{delivery, recovery};
 use crate::util::AbortOnDrop;
+
+use super::work::run_within;
 
 /// Upper bound for one unit of database work, checkout included. Keeps the
 /// `503` of a hung database within the contract's ~3 s.
@@ -124,6 +127,8 @@ pub struct PersistenceArgs {
     pub pg_config: tokio_postgres::Config,
     pub schema_ready: Arc<AtomicBool>,
     pub retry: RetryPolicy,
+    /// Where status events are recorded, with the outcomes that cause them.
+    pub outbox: Arc<Outbox>,
 }
 
 pub struct PersistenceState {
@@ -133,6 +138,7 @@ pub struct PersistenceState {
     batcher: mpsc::Sender<Pending>,
     _batch_loop: AbortOnDrop,
     retry: RetryPolicy,
+    outbox: Arc<Outbox>,
     schema_ready: Arc<AtomicBool>,
     _prepare: Option<AbortOnDrop>,
     _purge: AbortOnDrop,
@@ -187,6 +193,7 @@ impl Actor for Persistence {
             pool: args.pool,
             bookkeeping: args.bookkeeping,
             retry: args.retry,
+            outbox: args.outbox,
             schema_ready: args.schema_ready,
             _prepare: prepare,
             _purge: purge,
@@ -238,14 +245,16 @@ impl Actor for Persistence {
                 run(ready, reply, async move { store::list(&pool, &q).await });
             }
             PersistenceMsg::Act(req, reply) => {
-                run(ready, reply, async move { store::act(&pool, &req).await });
+                let outbox = state.outbox.clone();
+                run(ready, reply, async move {
+                    store::act(&pool, &req, &outbox).await
+                });
             }
             PersistenceMsg::BulkBatch(b, reply) => {
-                run(
-                    ready,
-                    reply,
-                    async move { store::bulk_batch(&pool, &b).await },
-                );
+                let outbox = state.outbox.clone();
+                run(ready, reply, async move {
+                    store::bulk_batch(&pool, &b, &outbox).await
+                });
             }
             PersistenceMsg::BulkLookup(k, reply) => {
                 run(
@@ -273,14 +282,16 @@ impl Actor for Persistence {
             }
             PersistenceMsg::FinishBatch(done, reply) => {
                 let retry = state.retry.clone();
+                let outbox = state.outbox.clone();
                 run(ready, reply, async move {
-                    delivery::finish_batch(&bookkeeping, &done, &retry).await
+                    delivery::finish_batch(&bookkeeping, &done, &retry, &outbox).await
                 });
             }
             PersistenceMsg::ReclaimExpired(reply) => {
                 let retry = state.retry.clone();
+                let outbox = state.outbox.clone();
                 run(ready, reply, async move {
-                    recovery::reclaim_expired(&bookkeeping, &retry).await
+                    recovery::reclaim_expired(&bookkeeping, &retry, &outbox).await
                 });
             }
             PersistenceMsg::Release(jobs, reply) => {
@@ -354,34 +365,6 @@ fn run<T: Send + 'static>(
     work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
 ) {
     run_within(ready, OP_TIMEOUT, reply, work);
-}
-
-/// [`run`] under another budget. Work cut off by the budget may have been
-/// committed: it answers `InDoubt`.
-fn run_within<T: Send + 'static>(
-    ready: bool,
-    budget: Duration,
-    reply: RpcReplyPort<Result<T, StoreError>>,
-    work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
-) {
-    if !ready {
-        let _ = reply.send(Err(StoreError::Unavailable(
-            "database schema is not ready yet".into(),
-        )));
-        return;
-    }
-    if reply.is_closed() {
-        return;
-    }
-    tokio::spawn(async move {
-        let result = match tokio::time::timeout(budget, work).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::InDoubt(
-                "the database did not answer in time".into(),
-            )),
-        };
-        let _ = reply.send(result);
-    });
 }
 
 /// Creates the database and applies migrations, retrying until it works.
