@@ -79,7 +79,10 @@ impl Filter {
         if let Some(raw) = value("status") {
             match Status::parse(raw) {
                 Some(s) => f.status = Some(s),
-                None => errors.add("status", not_a_choice(raw, &Status::ALL.map(Status::as_str))),
+                None => errors.add(
+                    "status",
+                    not_a_choice(raw, &Status::ALL.map(Status::as_str)),
+                ),
             }
         }
         let to = recipient_param(kind);

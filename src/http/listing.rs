@@ -109,13 +109,9 @@ pub async fn list(
     let last = result.results.last().map(|m| m.id);
     let cursor_url = |c: Cursor| params.url_with_cursor(&base, &c.token());
     let (next, previous) = match paging {
-        Paging::Page(page) => page_links(
-            &params,
-            &base,
-            page,
-            result.more,
-            result.results.is_empty(),
-        )?,
+        Paging::Page(page) => {
+            page_links(&params, &base, page, result.more, result.results.is_empty())?
+        }
         Paging::Cursor(Cursor::Newest) => (
             last.filter(|_| result.more)
                 .map(|id| cursor_url(Cursor::Below(id))),

@@ -62,8 +62,7 @@ pub async fn list(req: Request<Incoming>, ctx: &AppContext) -> Result<HttpRespon
     let result = call_t!(actor(ctx)?, WebhooksMsg::List, ACTOR_CALL_TIMEOUT_MS, query)??;
     let more = page * page_size < result.count.max(0) as u64;
     let base = base_url(&req, ctx);
-    let (next, previous) =
-        page_links(&params, &base, page, more, result.results.is_empty())?;
+    let (next, previous) = page_links(&params, &base, page, more, result.results.is_empty())?;
     let body = PageBody {
         count: result.count,
         count_capped: false,
