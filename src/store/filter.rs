@@ -90,12 +90,16 @@ mod tests {
         assert_eq!((sql.as_str(), params.len()), ("TRUE", 0));
         let f = Filter {
             status: Some(Status::Failed),
+            recipient: Some("A@b.co".into()),
             search: Some("50%_off\\".into()),
             ..Filter::default()
         };
         let (sql, params) = conditions(MessageKind::Contact, &f);
-        assert_eq!(sql, "status = $1 AND (email ILIKE $2 OR name ILIKE $2)");
-        assert_eq!(params.len(), 2);
+        assert_eq!(
+            sql,
+            "status = $1 AND lower(email) = lower($2) AND (email ILIKE $3 OR name ILIKE $3)"
+        );
+        assert_eq!(params.len(), 3);
         assert_eq!(escape_like("50%_off\\"), "50\\%\\_off\\\\");
     }
 }
