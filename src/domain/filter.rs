@@ -236,7 +236,7 @@ impl Cursor {
         if raw.is_empty() {
             return Some(Self::Newest);
         }
-        if raw.len() > 40 || raw.len() % 2 != 0 {
+        if raw.len() > 40 || !raw.len().is_multiple_of(2) {
             return None;
         }
         let bytes: Option<Vec<u8>> = (0..raw.len())
