@@ -223,3 +223,31 @@ async fn an_event_is_given_up_after_the_retry_schedule() {
     assert_eq!(sink.hooks().len(), 3);
     app.shutdown().await;
 }
+
+/// A receiver that refuses at once does not turn the outbox into a busy
+/// loop taking the database from mail: after a failure, the next claim
+/// waits for the actor's tick (250 ms), even when the event is due again
+/// at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_attempts_are_paced_by_the_tick_not_looped() {
+    let sink = WebhookSink::down_from_start(HookMode::Ok).await;
+    let zeros = vec!["0"; 200].join(",");
+    let app = app_with_hooks(&sink, &[("WEBHOOK_RETRY_SCHEDULE", &zeros)]).await;
+    let uuid = app.notify(&notification("refused")).await;
+    poll_until(WITHIN, "a first refused attempt", || async {
+        row(&app, &uuid).await.1 >= 1
+    })
+    .await;
+    let before = row(&app, &uuid).await.1;
+    // A window to count attempts in: 2 s is 8 ticks.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, after, _, error) = row(&app, &uuid).await;
+    assert_eq!(status, "pending", "{error:?}");
+    assert!(after - before <= 12, "{} attempts in 2 s", after - before);
+    assert!(
+        after - before >= 2,
+        "still retried: {} attempts in 2 s",
+        after - before
+    );
+    app.shutdown().await;
+}

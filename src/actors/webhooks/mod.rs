@@ -62,8 +62,9 @@ pub enum WebhooksMsg {
     Tick,
     /// From the claim task.
     Claimed(Result<Vec<Claimed>, StoreError>),
-    /// From a delivery task, its event settled (or its result lost).
-    Done,
+    /// From a delivery task, its event settled (or its result lost), and
+    /// whether it was delivered.
+    Done(bool),
     /// From the count task.
     Counted(Result<i64, StoreError>),
 }
@@ -89,6 +90,8 @@ pub struct WebhooksState {
     deliveries: JoinSet<()>,
     in_flight: usize,
     claiming: bool,
+    /// How many events the claim under way (or the last one) asked for.
+    asked: usize,
     ticks: u32,
     pending: Option<i64>,
     last_error: Option<String>,
@@ -145,6 +148,7 @@ impl Actor for Webhooks {
             deliveries: JoinSet::new(),
             in_flight: 0,
             claiming: false,
+            asked: 0,
             ticks: 0,
             pending: None,
             last_error: None,
@@ -198,13 +202,13 @@ impl Actor for Webhooks {
             WebhooksMsg::Claimed(Ok(events)) => {
                 state.claiming = false;
                 state.last_error = None;
-                let full = events.len() >= state.room().max(1);
+                // As many as asked for: more may be due, and attempts that
+                // ended while this claim ran left room for them.
+                let more = events.len() >= state.asked;
                 for event in events {
                     state.deliver(&myself, event);
                 }
-                // A full claim means more may be due: go on without
-                // waiting for the tick.
-                if full {
+                if more {
                     state.claim(&myself);
                 }
             }
@@ -212,10 +216,18 @@ impl Actor for Webhooks {
                 state.claiming = false;
                 state.note_error("claiming events", &e);
             }
-            WebhooksMsg::Done => {
+            WebhooksMsg::Done(delivered) => {
                 state.in_flight = state.in_flight.saturating_sub(1);
                 while state.deliveries.try_join_next().is_some() {}
-                state.claim(&myself);
+                // A receiver that answers gets the next event at once; after
+                // a failure the next claim waits for the tick. A receiver
+                // that refuses at once (down) would otherwise turn the
+                // backlog into a loop of claims and results as fast as the
+                // database goes, taking it from mail: this way failing
+                // attempts are at most WEBHOOK_CONCURRENCY per tick.
+                if delivered {
+                    state.claim(&myself);
+                }
             }
             WebhooksMsg::Counted(Ok(n)) => {
                 state.pending = Some(n);
@@ -250,6 +262,7 @@ impl WebhooksState {
             return;
         }
         self.claiming = true;
+        self.asked = room;
         let pool = self.pool.clone();
         let lease = self.config.webhooks.timeout + LEASE_MARGIN;
         let me = myself.clone();
@@ -285,7 +298,7 @@ impl WebhooksState {
                     "recording a webhook attempt failed; it will be attempted again"
                 );
             }
-            let _ = me.cast(WebhooksMsg::Done);
+            let _ = me.cast(WebhooksMsg::Done(attempt.delivered()));
         });
     }
 
