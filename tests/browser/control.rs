@@ -309,6 +309,16 @@ async fn search_and_dates_narrow_the_table_and_a_bulk_cancel_by_filter_stops_the
         .await;
     let filter: Value = serde_json::from_str(filter.as_str().unwrap()).unwrap();
     assert_eq!(filter, json!({"search": tag}));
+    let count = b
+        .js(
+            "return document.getElementById('confirm-count').textContent;",
+            vec![],
+        )
+        .await;
+    assert!(
+        count.as_str().unwrap().starts_with("2 match now"),
+        "{count}"
+    );
     b.screenshot("admin-bulk-confirm").await;
     click(&b, "#confirm-go").await;
     let counts = b

@@ -59,6 +59,9 @@ export function askByFilter(action, force) {
   $('confirm-what').textContent = what;
   $('confirm-filter').textContent = JSON.stringify(body, null, 2);
   $('confirm-path').textContent = 'POST /api/' + state.kind + '/' + action + '/';
+  // What the list counts now; the server decides which of them change.
+  $('confirm-count').textContent =
+    state.count === null ? '' : state.count + ' match now, whatever their status.';
   $('filter-result').textContent = '';
   $('confirm').hidden = false;
   $('confirm-go').focus();

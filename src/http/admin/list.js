@@ -77,6 +77,7 @@ export function renderRows(page) {
   }
   $('rows').replaceChildren(rows);
   $('empty').hidden = shown.size > 0;
+  state.count = typeof page.count === 'number' ? page.count + (page.count_capped ? '+' : '') : null;
   $('count').textContent =
     typeof page.count === 'number' ? page.count + (page.count_capped ? '+' : '') + ' in all' : '';
   state.next = localPath(page.next);

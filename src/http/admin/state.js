@@ -10,6 +10,8 @@ export const state = {
   selected: new Set(),
   // the path+query of the page shown, or null for the newest
   pageUrl: null,
+  // the list's `count` (a string, `10000+` when capped), or null
+  count: null,
   next: null,
   previous: null,
   detailId: null,
