@@ -31,7 +31,7 @@ async fn wait_row_status(b: &Browser, uuid: &str, want: &str) {
     .await;
 }
 
-async fn open_row(b: &Browser, uuid: &str) {
+pub(crate) async fn open_row(b: &Browser, uuid: &str) {
     row_status(b, uuid).await;
     b.find(&format!("#rows tr[data-uuid=\"{uuid}\"] td.what"))
         .await
@@ -47,7 +47,7 @@ async fn open_row(b: &Browser, uuid: &str) {
     .await;
 }
 
-async fn detail_status(b: &Browser, want: &str) {
+pub(crate) async fn detail_status(b: &Browser, want: &str) {
     b.wait_for(
         &format!("the detail pane to show {want}"),
         "return document.getElementById('detail').dataset.status === arguments[0];",
@@ -56,7 +56,7 @@ async fn detail_status(b: &Browser, want: &str) {
     .await;
 }
 
-async fn click(b: &Browser, css: &str) {
+pub(crate) async fn click(b: &Browser, css: &str) {
     b.find(css).await.click().await.expect("click");
 }
 

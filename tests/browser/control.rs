@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::admin::{click, detail_status, open_row};
 use crate::common::{Mode, SmtpSink, TestApp, poll_until};
 use crate::driver::{Browser, SHOWS_WITHIN};
 
@@ -28,10 +29,6 @@ async fn page(app: &TestApp, kind: &str) -> Browser {
     b
 }
 
-async fn click(b: &Browser, css: &str) {
-    b.find(css).await.click().await.expect("click");
-}
-
 /// Waits until the table lists exactly `want`.
 async fn wait_shown(b: &Browser, what: &str, mut want: Vec<String>) {
     want.sort();
@@ -39,26 +36,6 @@ async fn wait_shown(b: &Browser, what: &str, mut want: Vec<String>) {
         what,
         "return JSON.stringify([...document.querySelectorAll('#rows tr')]
            .map(tr => tr.dataset.uuid).sort()) === JSON.stringify(arguments[0]);",
-        vec![json!(want)],
-    )
-    .await;
-}
-
-async fn open_row(b: &Browser, uuid: &str) {
-    b.wait_for(
-        &format!("a row for {uuid}"),
-        "return document.querySelector(`#rows tr[data-uuid=\"${arguments[0]}\"]`) !== null;",
-        vec![json!(uuid)],
-    )
-    .await;
-    click(b, &format!("#rows tr[data-uuid=\"{uuid}\"] td.what")).await;
-}
-
-async fn detail_status(b: &Browser, want: &str) {
-    b.wait_for(
-        &format!("the detail pane to show {want}"),
-        "const d = document.getElementById('detail');
-         return !d.hidden && d.dataset.status === arguments[0];",
         vec![json!(want)],
     )
     .await;
@@ -102,15 +79,20 @@ async fn shown_events(b: &Browser, n: usize) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Sets a `datetime-local` input to the instant `iso`, in the browser's zone.
-async fn set_instant(b: &Browser, id: &str, iso: &str) {
+/// Sets a `datetime-local` input to an instant, in the browser's zone, or
+/// clears it.
+async fn set_instant(b: &Browser, id: &str, at: Option<chrono::DateTime<chrono::Utc>>) {
     b.js(
         "const input = document.getElementById(arguments[0]);
-         input.step = '0.001';
-         const d = new Date(arguments[1]);
-         input.valueAsNumber = d.getTime() - d.getTimezoneOffset() * 60000;
+         if (arguments[1] === null) {
+           input.value = '';
+         } else {
+           input.step = '0.001';
+           const d = new Date(arguments[1]);
+           input.valueAsNumber = d.getTime() - d.getTimezoneOffset() * 60000;
+         }
          input.dispatchEvent(new Event('change', {bubbles: true}));",
-        vec![json!(id), json!(iso)],
+        vec![json!(id), json!(at.map(|t| t.to_rfc3339()))],
     )
     .await;
 }
@@ -274,22 +256,12 @@ async fn search_and_dates_narrow_the_table_and_a_bulk_cancel_by_filter_stops_the
         .await
         .expect("type");
     wait_shown(&b, "the search's two", vec![first.clone(), second.clone()]).await;
-    set_instant(&b, "f-after", &between.to_rfc3339()).await;
+    set_instant(&b, "f-after", Some(between)).await;
     wait_shown(&b, "created after: the second", vec![second.clone()]).await;
-    b.js(
-        "const i = document.getElementById('f-after'); i.value = '';
-         i.dispatchEvent(new Event('change', {bubbles: true}));",
-        vec![],
-    )
-    .await;
-    set_instant(&b, "f-before", &between.to_rfc3339()).await;
+    set_instant(&b, "f-after", None).await;
+    set_instant(&b, "f-before", Some(between)).await;
     wait_shown(&b, "created before: the first", vec![first.clone()]).await;
-    b.js(
-        "const i = document.getElementById('f-before'); i.value = '';
-         i.dispatchEvent(new Event('change', {bubbles: true}));",
-        vec![],
-    )
-    .await;
+    set_instant(&b, "f-before", None).await;
     wait_shown(
         &b,
         "the search's two again",
