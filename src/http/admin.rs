@@ -22,9 +22,26 @@ use sha2::{Digest, Sha256};
 
 use super::HttpResponse;
 
-const PAGE: &str = include_str!("admin/index.html");
-const SCRIPT: &str = include_str!("admin/admin.js");
-const STYLE: &str = include_str!("admin/admin.css");
+/// Every file of the page: its path (also the metrics' route label), its
+/// content and its media type. The script is split by what each part owns
+/// into ES modules; `main.js` imports the others.
+const FILES: &[(&str, &str, &str)] = &[
+    ("/admin/", include_str!("admin/index.html"), HTML),
+    ("/admin/admin.css", include_str!("admin/admin.css"), CSS),
+    ("/admin/main.js", include_str!("admin/main.js"), JS),
+    ("/admin/api.js", include_str!("admin/api.js"), JS),
+    ("/admin/dom.js", include_str!("admin/dom.js"), JS),
+    ("/admin/state.js", include_str!("admin/state.js"), JS),
+    ("/admin/access.js", include_str!("admin/access.js"), JS),
+    ("/admin/list.js", include_str!("admin/list.js"), JS),
+    ("/admin/detail.js", include_str!("admin/detail.js"), JS),
+    ("/admin/actions.js", include_str!("admin/actions.js"), JS),
+    ("/admin/health.js", include_str!("admin/health.js"), JS),
+    ("/admin/refresh.js", include_str!("admin/refresh.js"), JS),
+];
+const HTML: &str = "text/html; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
 
 /// `frame-src` only matters for the mail's HTML part, a `srcdoc` frame;
 /// `img-src` admits `data:` images inside it, never a remote (tracking) one.
@@ -32,50 +49,42 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
     connect-src 'self'; img-src 'self' data:; frame-src 'self'; frame-ancestors 'none'; \
     base-uri 'none'; form-action 'self'; object-src 'none'";
 
+/// One of [`FILES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Asset {
-    Page,
-    Script,
-    Style,
-}
+pub struct Asset(usize);
 
 impl Asset {
     /// The path segments after `admin`: none is the page.
     pub fn parse(rest: &[&str]) -> Option<Self> {
-        match rest {
-            [] => Some(Self::Page),
-            ["admin.js"] => Some(Self::Script),
-            ["admin.css"] => Some(Self::Style),
-            _ => None,
-        }
+        let path = match rest {
+            [] => "/admin/".to_owned(),
+            [name] => format!("/admin/{name}"),
+            _ => return None,
+        };
+        FILES.iter().position(|f| f.0 == path).map(Self)
     }
 
     pub fn label(self) -> &'static str {
-        match self {
-            Self::Page => "/admin/",
-            Self::Script => "/admin/admin.js",
-            Self::Style => "/admin/admin.css",
-        }
+        FILES[self.0].0
     }
 
     fn content(self) -> (&'static str, &'static str) {
-        match self {
-            Self::Page => (PAGE, "text/html; charset=utf-8"),
-            Self::Script => (SCRIPT, "text/javascript; charset=utf-8"),
-            Self::Style => (STYLE, "text/css; charset=utf-8"),
-        }
+        (FILES[self.0].1, FILES[self.0].2)
     }
 
     /// A strong validator of the file as built into this binary.
     fn etag(self) -> &'static str {
-        static TAGS: LazyLock<[String; 3]> = LazyLock::new(|| {
-            [Asset::Page, Asset::Script, Asset::Style].map(|a| {
-                let digest = Sha256::digest(a.content().0.as_bytes());
-                let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-                format!("\"{hex}\"")
-            })
+        static TAGS: LazyLock<Vec<String>> = LazyLock::new(|| {
+            FILES
+                .iter()
+                .map(|f| {
+                    let digest = Sha256::digest(f.1.as_bytes());
+                    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+                    format!("\"{hex}\"")
+                })
+                .collect()
         });
-        &TAGS[self as usize]
+        &TAGS[self.0]
     }
 }
 

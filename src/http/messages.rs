@@ -204,9 +204,23 @@ pub async fn detail(
         kind,
         at
     )?? {
-        Some(view) => Ok(json(StatusCode::OK, &view)),
+        Some(view) => {
+            // A message whose mail cannot be built (its attempts say why)
+            // shows `mail: null`.
+            let mail = crate::mail::built(view.uuid, &view.content, &ctx.config).ok();
+            Ok(json(StatusCode::OK, &Detail { view: &view, mail }))
+        }
         None => Err(ApiError::NotFound("Not found.")),
     }
+}
+
+/// The detail view: the message, and the mail it becomes, built by the code
+/// that builds each attempt's.
+#[derive(serde::Serialize)]
+struct Detail<'a> {
+    #[serde(flatten)]
+    view: &'a crate::store::MessageView,
+    mail: Option<crate::mail::BuiltMail>,
 }
 
 /// `scheme://host/path` of this request, for the `next`/`previous` links. The

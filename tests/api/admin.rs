@@ -10,13 +10,18 @@ use crate::common::spawn_app_with;
 async fn the_admin_page_and_its_files_are_served_with_a_strict_policy() {
     let app = spawn_app_with(&[("API_TOKEN", "secret")]).await;
     for (path, content_type, needle) in [
-        ("/admin/", "text/html", "<script src=\"/admin/admin.js\""),
+        (
+            "/admin/",
+            "text/html",
+            "<script type=\"module\" src=\"/admin/main.js\"",
+        ),
         (
             "/admin",
             "text/html",
             "<link rel=\"stylesheet\" href=\"/admin/admin.css\">",
         ),
-        ("/admin/admin.js", "text/javascript", "textContent"),
+        ("/admin/main.js", "text/javascript", "import"),
+        ("/admin/dom.js", "text/javascript", "textContent"),
         ("/admin/admin.css", "text/css", ".detail"),
     ] {
         let r = app.get(path).await;

@@ -273,7 +273,7 @@ async fn head_answers_wherever_get_does_with_the_same_headers_and_no_body() {
         format!("/api/notify/{uuid}/"),
         "/api/contact/999/".to_owned(),
         "/admin/".to_owned(),
-        "/admin/admin.js".to_owned(),
+        "/admin/main.js".to_owned(),
         "/metrics".to_owned(),
     ] {
         let get = app.send(Method::GET, &path, &auth, "").await;

@@ -7,6 +7,7 @@
 mod common;
 
 mod admin;
+mod control;
 mod driver;
 mod form;
 mod site;
