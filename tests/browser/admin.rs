@@ -33,11 +33,8 @@ async fn wait_row_status(b: &Browser, uuid: &str, want: &str) {
 
 pub(crate) async fn open_row(b: &Browser, uuid: &str) {
     row_status(b, uuid).await;
-    b.find(&format!("#rows tr[data-uuid=\"{uuid}\"] td.what"))
-        .await
-        .click()
-        .await
-        .expect("open the row");
+    b.click(&format!("#rows tr[data-uuid=\"{uuid}\"] td.what"))
+        .await;
     b.wait_for(
         "the detail pane",
         "const d = document.getElementById('detail');
@@ -57,7 +54,7 @@ pub(crate) async fn detail_status(b: &Browser, want: &str) {
 }
 
 pub(crate) async fn click(b: &Browser, css: &str) {
-    b.find(css).await.click().await.expect("click");
+    b.click(css).await;
 }
 
 async fn status_of(app: &TestApp, kind: &str, uuid: &str) -> String {

@@ -119,6 +119,19 @@ impl Browser {
             .unwrap_or_else(|e| panic!("no element {css}: {e}"))
     }
 
+    /// Clicks the element `css` names, once it can take a click: on a busy
+    /// machine a button may still be disabled, covered or re-rendered when
+    /// it is first found, and WebDriver refuses the click then.
+    pub async fn click(&self, css: &str) {
+        poll_until(SHOWS_WITHIN, &format!("a click on {css}"), || async move {
+            match self.client.find(Locator::Css(css)).await {
+                Ok(e) => e.click().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+    }
+
     /// Waits until `script` returns something truthy; returns it.
     pub async fn wait_for(&self, what: &str, script: &str, args: Vec<Value>) -> Value {
         poll_until(SHOWS_WITHIN, what, || {

@@ -22,11 +22,7 @@ async fn fill_and_send(b: &Browser, name: &str, email: &str, message: &str) {
             input.send_keys(value).await.expect("type");
         }
     }
-    b.find("#contact-form button[type=submit]")
-        .await
-        .click()
-        .await
-        .expect("submit");
+    b.click("#contact-form button[type=submit]").await;
 }
 
 async fn status_text(b: &Browser, class: &str) -> String {

@@ -60,12 +60,12 @@ async fn a_scheduled_send_survives_kill_9_and_is_sent_once_not_before_its_time()
             })
             .unwrap_or_else(|| panic!("{uuid} was not sent"));
         assert!(mail.at >= at, "{uuid} was sent at {} before {at}", mail.at);
-        // Its wake-up waited in Redis' schedule through the kill: it is
-        // sent at its time (or at once, if the restart ended later), not
-        // when the reconciler would find it late.
+        // Within the contract's bound: its wake-up waited in Redis'
+        // schedule, or, if the kill came before the wake-up reached Redis,
+        // the reconciler finds it overdue; either way well under 10 s.
         let late = mail.at - due;
         assert!(
-            late < chrono::TimeDelta::seconds(3),
+            late < chrono::TimeDelta::seconds(10),
             "{uuid} was sent {late} after it was due ({due}; send_at {at})"
         );
     }
