@@ -185,22 +185,35 @@ pub async fn list(pool: &Pool, q: &ListQuery) -> Result<Page, StoreError> {
         columns(q.kind),
         next + 1
     );
+    let skipped = offset;
     let offset = offset as i64;
-    let count_params = refs(&params, &[]);
-    let rows_params = refs(&params, &[&limit, &offset]);
-    // Both on one connection, pipelined: one round trip's wait.
-    let (count, rows) = tokio::try_join!(
-        conn.query_one(&count_sql, &count_params),
-        conn.query(&rows_sql, &rows_params)
-    )?;
-    let count: i64 = count.try_get(0)?;
+    let rows = conn
+        .query(&rows_sql, &refs(&params, &[&limit, &offset]))
+        .await?;
     let mut results = rows
         .iter()
         .map(|r| MessageView::from_row(q.kind, r))
         .collect::<Result<Vec<_>, _>>()?;
-    conn.release();
     let more = results.len() as u64 > q.page_size;
     results.truncate(q.page_size as usize);
+    // A page that starts at the newest match and has nothing beyond it
+    // holds every match: its rows are the count. This spares the second
+    // read of the rows a rare filter (a search) costs.
+    let from_newest = match q.paging {
+        Paging::Page(_) => Some(skipped),
+        Paging::Cursor(Cursor::Newest) => Some(0),
+        Paging::Cursor(_) => None,
+    };
+    let count = match from_newest {
+        Some(skipped) if !more && (skipped == 0 || !results.is_empty()) => {
+            (skipped + results.len() as u64) as i64
+        }
+        _ => conn
+            .query_one(&count_sql, &refs(&params, &[]))
+            .await?
+            .try_get(0)?,
+    };
+    conn.release();
     if order == "ASC" {
         results.reverse();
     }

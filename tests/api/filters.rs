@@ -178,6 +178,10 @@ async fn cursor_pages_walk_newest_first_and_do_not_shift_while_messages_arrive()
     assert_eq!(ids(&page2), [posted[3], posted[2], posted[1]], "{page2}");
     let page3 = app.get(page2["next"].as_str().unwrap()).await.json();
     assert_eq!(ids(&page3), [posted[0]], "{page3}");
+    assert_eq!(
+        page3["count"], 9,
+        "counted, not taken from the page: {page3}"
+    );
     assert_eq!(page3["next"], Value::Null, "the oldest page ends the walk");
 
     // Back up: the same pages, then the newer messages above them.

@@ -298,6 +298,7 @@ async fn pagination_links_are_absolute_urls_that_walk_every_page() {
     let page3 = app.get(page2["next"].as_str().unwrap()).await.json();
     assert_eq!(ids_of(&page3), vec![ids[0]]);
     assert_eq!(page3["next"], Value::Null, "the last page has no next");
+    assert_eq!(page3["count"], 5, "the last page counts every page");
     let back = app.get(page3["previous"].as_str().unwrap()).await.json();
     assert_eq!(back, page2, "previous of page 3 is page 2");
     let back = app.get(previous).await.json();

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::common::process::http;
-use super::common::{Mode, SmtpSink, Target, poll_until};
+use super::common::{Mode, SmtpSink, Target, poll_until, redis_url};
 use super::service;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -27,6 +27,20 @@ async fn a_scheduled_send_survives_kill_9_and_is_sent_once_not_before_its_time()
         let v: Value = serde_json::from_str(&resp).unwrap();
         uuids.push(v["uuid"].as_str().unwrap().to_owned());
     }
+    // The 202 comes before the schedule reaches Redis (a lost schedule is
+    // the reconciler's to find, later): kill once all of them are there.
+    let client = redis::Client::open(redis_url()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let retries_key = format!("{}:retries", target.prefix);
+    poll_until(Duration::from_secs(5), "the schedules in Redis", || async {
+        let n: usize = redis::cmd("ZCARD")
+            .arg(&retries_key)
+            .query_async(&mut conn.clone())
+            .await
+            .unwrap();
+        n == uuids.len()
+    })
+    .await;
     p.kill9();
     assert!(
         Utc::now() < at,
