@@ -6,12 +6,14 @@
 //! and time.
 //!
 //! ```text
-//! bench_tools sink --port P --control C
+//! bench_tools sink --port P --control C [--data-delay-ms N]
 //! bench_tools smtp-capacity --port P [--count 20000] [--conns 4] [--seconds 30]
 //!                          [--client lettre-nodelay|lettre-pool|raw]
 //! bench_tools post --url URL [--count 5000] [--conns 32] [--tag T]
 //! bench_tools e2e --url URL --control C [--count 5000] [--conns 32] [--timeout 300]
 //! bench_tools sink-stats --control C [--count-only]
+//! bench_tools backlog --database-url U --redis-url R --prefix P [--count 100000]
+//! bench_tools watch --control C --until N [--timeout 600] [--interval-ms 100]
 //! ```
 //!
 //! The control port of `sink` answers one JSON line per connection and
@@ -23,6 +25,9 @@
 #[path = "../tests/common/smtp_sink.rs"]
 #[allow(dead_code)]
 mod smtp_sink;
+
+#[path = "bench_support/backlog.rs"]
+mod backlog;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -51,12 +56,14 @@ use email_service::smtp;
 use smtp_sink::{Mode, SmtpSink};
 
 const USAGE: &str = "usage:
-  bench_tools sink --port P --control C
+  bench_tools sink --port P --control C [--data-delay-ms N]
   bench_tools smtp-capacity --port P [--count 20000] [--conns 4] [--seconds 30]
                          [--client lettre-nodelay|lettre-pool|raw]
   bench_tools post --url URL [--count 5000] [--conns 32] [--tag T]
   bench_tools e2e --url URL --control C [--count 5000] [--conns 32] [--timeout 300]
-  bench_tools sink-stats --control C [--count-only]";
+  bench_tools sink-stats --control C [--count-only]
+  bench_tools backlog --database-url U --redis-url R --prefix P [--count 100000]
+  bench_tools watch --control C --until N [--timeout 600] [--interval-ms 100]";
 
 /// `--key value` pairs and bare `--flag`s, parsed by hand.
 struct Args {
@@ -125,6 +132,8 @@ fn main() -> ExitCode {
             "post" => post_command(&args).await,
             "e2e" => e2e(&args).await,
             "sink-stats" => sink_stats_command(&args).await,
+            "backlog" => backlog::backlog(&args).await,
+            "watch" => backlog::watch(&args).await,
             other => Err(format!("unknown command {other:?}\n{USAGE}")),
         }
     });
@@ -169,7 +178,8 @@ struct Counter {
 
 impl Counter {
     fn received(&self) -> usize {
-        // In `Mode::Accept` every end of DATA is stored.
+        // In `Mode::Accept` and `Mode::Slow` every end of DATA is stored
+        // (a slow one once answered).
         self.sink.attempts()
     }
 
@@ -194,9 +204,19 @@ impl Counter {
 async fn sink(args: &Args) -> Result<(), String> {
     let port: u16 = args.get("port", None)?;
     let control_port: u16 = args.get("control", None)?;
+    // A relay's answer to the end of DATA takes tens of milliseconds (it
+    // stores the mail, maybe queues it on): the sink can wait as long, per
+    // connection, so that throughput depends on how many sends are in
+    // flight.
+    let delay_ms: u64 = args.get("data-delay-ms", Some(0))?;
+    let mode = if delay_ms == 0 {
+        Mode::Accept
+    } else {
+        Mode::Slow(Duration::from_millis(delay_ms))
+    };
     // The sink binds port 0; move it to the requested port (it re-binds
     // `addr` on `up`).
-    let mut smtp = SmtpSink::start(Mode::Accept).await;
+    let mut smtp = SmtpSink::start(mode).await;
     smtp.down();
     smtp.addr = loopback(port);
     smtp.up().await;
@@ -209,7 +229,7 @@ async fn sink(args: &Args) -> Result<(), String> {
     });
     println!(
         "{}",
-        json!({"sink": format!("127.0.0.1:{port}"), "control": format!("127.0.0.1:{control_port}")})
+        json!({"sink": format!("127.0.0.1:{port}"), "control": format!("127.0.0.1:{control_port}"), "data_delay_ms": delay_ms})
     );
 
     let serve = {

@@ -178,6 +178,7 @@ impl SupervisorState {
                     queue: self.queue.clone(),
                     mailers: self.mailers.len(),
                     ledger: self.claim_ledger.clone(),
+                    schema_ready: self.schema_ready.clone(),
                 };
                 let (actor, _) =
                     Actor::spawn_linked(None, Dispatcher, args, myself.get_cell()).await?;

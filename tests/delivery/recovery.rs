@@ -1,14 +1,18 @@
 //! Work that must not wait out a lease when no process died: jobs claimed
 //! but not started when the service drains go back to the queue at once,
-//! and a message whose wake-up was lost is found while a backlog lasts.
+//! a message whose wake-up was lost is found while a backlog lasts, and a
+//! backlog left in Redis by a stopped instance is sent as soon as the next
+//! one starts.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use email_service::domain::MessageKind;
+use email_service::queue::Queue;
 use serde_json::json;
 
-use crate::common::{Mode, SmtpSink, Target, TestApp, poll_until, scalar};
+use crate::common::{Mode, SmtpSink, Target, TestApp, poll_until, redis_url, scalar};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_gives_claimed_unstarted_jobs_back_at_once_and_a_restart_sends_each_once() {
@@ -149,4 +153,65 @@ async fn a_lost_wake_up_is_found_while_a_backlog_lasts() {
         waiting_behind >= 10,
         "found while the backlog lasted, not after it drained ({waiting_behind} still queued)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_left_in_redis_is_sent_at_start_without_waiting_for_the_re_feed() {
+    // Messages committed with their wake-ups by an instance that stopped
+    // before sending them. The next start reads them at once; one that read
+    // before its schema check was done put them into claims that failed at
+    // once, and they waited for the re-feed (5 s plus the backlog's age).
+    // The schema made by the service's own migrations, without starting a
+    // service: a stopped dispatcher's last blocking read could still be
+    // waiting in Redis and take the first wake-up.
+    let target = Target::fresh();
+    let config = email_service::store::pg_config(&target.database_url()).unwrap();
+    email_service::store::migrate::ensure_database(&config)
+        .await
+        .unwrap();
+    email_service::store::migrate::run(&config).await.unwrap();
+    let db = target.db().await;
+    let rows = db
+        .query(
+            "INSERT INTO notifications (uuid, recipient, subject, body, request_hash, next_attempt_at)
+             SELECT gen_random_uuid(), 'b' || g || '@example.org', 'backlog ' || g, 'b', '\\x00', now()
+             FROM generate_series(1, 60) AS g
+             RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let jobs: Vec<(MessageKind, i64)> = rows
+        .iter()
+        .map(|r| (MessageKind::Notify, r.get(0)))
+        .collect();
+    let queue = Queue::new(&redis_url(), &target.prefix).unwrap();
+    queue.push(&jobs).await.unwrap();
+
+    let sink = SmtpSink::start(Mode::Accept).await;
+    let _app = TestApp::builder()
+        .sink(&sink)
+        .target(&target)
+        .env("MAILER_WORKERS", "2")
+        .start_unready()
+        .await;
+    poll_until(
+        Duration::from_secs(4),
+        "the whole backlog sent, well before any re-feed",
+        || async {
+            let n = sink.attempts();
+            if n >= jobs.len() {
+                Ok(n)
+            } else {
+                Err(format!("{n} of {} at the sink", jobs.len()))
+            }
+        },
+    )
+    .await;
+    let attempts: i64 = scalar(
+        &db,
+        "SELECT count(*) FROM delivery_attempts WHERE outcome = 'sent'",
+    )
+    .await;
+    assert_eq!(attempts, 60, "each sent once");
 }

@@ -33,6 +33,7 @@ mod wakeups;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ractor::rpc::CallResult;
@@ -66,6 +67,9 @@ pub struct DispatcherArgs {
     pub mailers: usize,
     /// Owned by the supervisor: what this dispatcher's predecessor left.
     pub ledger: Arc<ClaimLedger>,
+    /// Set by persistence once the schema is in place; shared through the
+    /// supervisor.
+    pub schema_ready: Arc<AtomicBool>,
 }
 
 pub struct DispatcherState {
@@ -74,6 +78,11 @@ pub struct DispatcherState {
     registry: Arc<Registry>,
     queue: Queue,
     ledger: Arc<ClaimLedger>,
+    /// No read before it is set: a claim before then fails at once, and
+    /// with a backlog in the stream every read would take a mailer-sized
+    /// batch of wake-ups into a failed claim (their messages wait for the
+    /// re-feed: the backlog's age plus the grace).
+    schema_ready: Arc<AtomicBool>,
     consumer: String,
     slots: Vec<MailerSlot>,
     /// Claimed, waiting for a mailer.
@@ -129,6 +138,7 @@ impl Actor for Dispatcher {
             registry: args.registry,
             queue: args.queue,
             ledger: args.ledger,
+            schema_ready: args.schema_ready,
             consumer: format!("dispatcher-{}", uuid::Uuid::new_v4().simple()),
             slots,
             waiting: VecDeque::new(),
@@ -294,7 +304,8 @@ impl DispatcherState {
     /// capacity is left.
     fn pump(&mut self, myself: &ActorRef<DispatcherMsg>) {
         self.hand_out(myself);
-        if self.stopped || self.reading {
+        // Until the schema is ready the tick (every 250 ms) comes back here.
+        if self.stopped || self.reading || !self.schema_ready.load(Ordering::Acquire) {
             return;
         }
         if let Some(free) = slots::read_capacity(&self.slots, self.claiming, self.waiting.len()) {
