@@ -258,15 +258,20 @@ mod tests {
         Config::from_map(&vars).unwrap()
     }
 
-    #[test]
-    fn notification_headers_and_stable_message_id() {
-        let j = job(Content::Notify {
+    /// A notification with a non-ASCII subject and an HTML part.
+    fn multipart_notification() -> MailJob {
+        job(Content::Notify {
             to: "user@example.org".into(),
             subject: "Héllo".into(),
             body: "plain text".into(),
             html: Some("<p>html</p>".into()),
             metadata: None,
-        });
+        })
+    }
+
+    #[test]
+    fn notification_headers_and_stable_message_id() {
+        let j = multipart_notification();
         let text = String::from_utf8(build(&j, &config()).unwrap().formatted()).unwrap();
         assert!(text.contains("Message-ID: <00000000-0000-0000-0000-000000000000@example.com>"));
         assert!(text.contains("From: Blog <noreply@example.com>"));
@@ -286,13 +291,7 @@ mod tests {
 
     #[test]
     fn the_built_view_shows_the_sent_headers_and_parts_but_no_date() {
-        let j = job(Content::Notify {
-            to: "user@example.org".into(),
-            subject: "Héllo".into(),
-            body: "plain text".into(),
-            html: Some("<p>html</p>".into()),
-            metadata: None,
-        });
+        let j = multipart_notification();
         let view = built(j.uuid, &j.content, &config()).unwrap();
         let sent = String::from_utf8(build(&j, &config()).unwrap().formatted()).unwrap();
         let get = |name: &str| {

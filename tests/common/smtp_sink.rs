@@ -125,16 +125,7 @@ impl Drop for SmtpSink {
 }
 
 async fn serve(listener: TcpListener, state: Arc<Mutex<State>>) {
-    // Connections are tracked so that aborting the server (going "down")
-    // also cuts the open ones, as a stopped server would.
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        connections.spawn(session(stream, state.clone()));
-        while connections.try_join_next().is_some() {}
-    }
+    serve_each(listener, |stream| session(stream, state.clone())).await;
 }
 
 async fn session(stream: TcpStream, state: Arc<Mutex<State>>) {
@@ -234,4 +225,22 @@ fn accept(state: &Mutex<State>, raw: &str, rcpt: &[String]) {
         raw: raw.to_owned(),
         at: chrono::Utc::now(),
     });
+}
+
+/// Serves each connection `listener` accepts with `session`, in a task the
+/// returned future owns: aborting the server (a sink going "down") also cuts
+/// the open connections, as a stopped server would.
+pub async fn serve_each<F, Fut>(listener: tokio::net::TcpListener, mut session: F)
+where
+    F: FnMut(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        connections.spawn(session(stream));
+        while connections.try_join_next().is_some() {}
+    }
 }

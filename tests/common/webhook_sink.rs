@@ -141,22 +141,16 @@ impl Drop for WebhookSink {
 }
 
 async fn serve(listener: TcpListener, state: Arc<Mutex<State>>) {
-    // Connections are tracked so that aborting the server (going "down")
-    // also cuts the open ones, as a stopped server would.
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+    super::smtp_sink::serve_each(listener, |stream| {
         let state = state.clone();
-        connections.spawn(async move {
+        async move {
             let service = service_fn(move |req| handle(req, state.clone()));
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
-        });
-        while connections.try_join_next().is_some() {}
-    }
+        }
+    })
+    .await;
 }
 
 async fn handle(
