@@ -8,6 +8,7 @@
 //! and a lease end; the outcome is written only by the holder of that token,
 //! so a late finish after a reclaim cannot overwrite newer state.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::LazyLock;
@@ -41,9 +42,9 @@ pub(super) fn settled_from_row(
     })
 }
 
-/// Runs one statement per message inside one transaction, with `BEGIN`,
-/// the statements and `COMMIT` pipelined: one round trip and one WAL flush
-/// for the whole batch. `after` are statements of the same transaction that
+/// Runs statements inside one transaction, with `BEGIN`, the statements
+/// and `COMMIT` pipelined: one round trip and one WAL flush for the whole
+/// batch (a lone statement runs on its own, autocommitted). `after` are statements of the same transaction that
 /// follow them (their results unused), such as the batch's webhook events.
 /// The commit is synchronous: once it returns, a
 /// claim or an outcome survives a crash of PostgreSQL too, so a mail
@@ -64,15 +65,20 @@ where
     let control = |sql: &'static str| -> Step<'a, T> {
         Box::pin(async move { conn.batch_execute(sql).await.map(|()| None) })
     };
-    let mut steps = vec![control("BEGIN")];
-    for statement in statements {
-        steps.push(Box::pin(async move { statement.await.map(Some) }));
+    let mut steps: Vec<Step<'a, T>> = statements
+        .into_iter()
+        .map(|statement| Box::pin(async move { statement.await.map(Some) }) as Step<'a, T>)
+        .collect();
+    let count = steps.len();
+    // A lone statement is its own transaction: no `BEGIN` and `COMMIT` to
+    // send and parse.
+    if count > 1 || !after.is_empty() {
+        steps.insert(0, control("BEGIN"));
+        for statement in after {
+            steps.push(Box::pin(async move { statement.await.map(|_| None) }));
+        }
+        steps.push(control("COMMIT"));
     }
-    let count = steps.len() - 1;
-    for statement in after {
-        steps.push(Box::pin(async move { statement.await.map(|_| None) }));
-    }
-    steps.push(control("COMMIT"));
     let mut rows = Vec::with_capacity(count);
     for step in join_in_order(steps).await {
         if let Some(row) = step? {
@@ -125,17 +131,19 @@ pub fn claim_sql(kind: MessageKind) -> &'static str {
 }
 
 fn build_claim_sql(kind: MessageKind) -> String {
-    // The attempt row is opened by the same statement: one statement per
-    // message, a primary-key lookup whatever the planner believes about the
-    // table's size. `(status || '')` keeps the partial index of queued rows
-    // out of reach: its predicate is `status = 'queued'`, and a plan made
-    // while the table looked empty could walk that index (the whole
-    // backlog) instead of fetching one row.
+    // One statement for the batch's messages of a kind, the attempt rows
+    // opened by the same statement. `id = ANY($1)` is served by the primary
+    // key (the array sorted, so concurrent claims lock rows in one order):
+    // `(status || '')` keeps the partial index of queued rows out of reach,
+    // since its predicate is `status = 'queued'`, and a plan made while the
+    // table looked empty could otherwise walk that index (the whole
+    // backlog) instead of fetching the batch's rows.
     format!(
         "WITH m AS (
            UPDATE {t} SET status = 'sending', lease_owner = $2,
              lease_until = now() + make_interval(secs => $3), updated_at = now()
-           WHERE id = $1 AND (status || '') = 'queued' AND next_attempt_at <= now()
+           WHERE id = ANY($1::bigint[]) AND (status || '') = 'queued'
+             AND next_attempt_at <= now()
            RETURNING id, uuid, retry_count, attempt_base + retry_count + 1 AS number, {content}),
          a AS (
            INSERT INTO delivery_attempts (kind, message_id, number, started_at)
@@ -157,34 +165,46 @@ pub fn finish_sql(kind: MessageKind) -> &'static str {
 }
 
 fn build_finish_sql(kind: MessageKind) -> String {
-    // The message and its attempt in one statement; the attempt is closed
-    // only when this lease still held the message. As in the claim,
-    // `(status || '')` leaves the primary key as the only index to use (the
-    // partial index of leases keeps dead entries until vacuum).
+    // The batch's outcomes of a kind as arrays, one element per attempt,
+    // joined to their messages by primary key (the bookkeeping connections
+    // plan nested loops only), and their attempts closed by the same
+    // statement, only where this lease still held the message. As in the
+    // claim, `(status || '')` leaves the primary key as the only index to
+    // use (the partial index of leases keeps dead entries until vacuum).
     format!(
-        "WITH m AS (
-           UPDATE {t} SET status = $3, retry_count = $4,
-             next_attempt_at = CASE WHEN $5::float8 IS NULL THEN NULL
-                                    ELSE now() + make_interval(secs => $5::float8) END,
-             sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END,
-             error_message = COALESCE($6, error_message),
+        "WITH o AS (
+           SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int4[],
+             $5::float8[], $6::text[], $7::int4[], $8::text[], $9::int4[],
+             $10::text[], $11::int8[])
+             AS o(id, token, status, retry_count, delay, error, number, outcome,
+                  smtp_code, smtp_reply, duration_ms)),
+         m AS (
+           UPDATE {t} t SET status = o.status, retry_count = o.retry_count,
+             next_attempt_at = CASE WHEN o.delay IS NULL THEN NULL
+                                    ELSE now() + make_interval(secs => o.delay) END,
+             sent_at = CASE WHEN o.status = 'sent' THEN now() ELSE t.sent_at END,
+             error_message = COALESCE(o.error, t.error_message),
              lease_owner = NULL, lease_until = NULL, reclaim_after = NULL,
              updated_at = now()
-           WHERE id = $1 AND (status || '') = 'sending' AND lease_owner = $2
-           RETURNING id, status, next_attempt_at),
+           FROM o
+           WHERE t.id = o.id AND (t.status || '') = 'sending' AND t.lease_owner = o.token
+           RETURNING t.id, t.status, t.next_attempt_at, o.number, o.outcome,
+             o.smtp_code, o.smtp_reply, o.error, o.duration_ms),
          a AS (
-           UPDATE delivery_attempts SET finished_at = now(), outcome = $8,
-             smtp_code = $9, smtp_reply = $10, error = $6, duration_ms = $11
-           WHERE kind = '{k}' AND message_id = $1 AND number = $7
-             AND EXISTS (SELECT 1 FROM m))
-         SELECT * FROM m",
+           UPDATE delivery_attempts d SET finished_at = now(), outcome = m.outcome,
+             smtp_code = m.smtp_code, smtp_reply = m.smtp_reply, error = m.error,
+             duration_ms = m.duration_ms
+           FROM m
+           WHERE d.kind = '{k}' AND d.message_id = m.id AND d.number = m.number)
+         SELECT id, status, next_attempt_at FROM m",
         t = table(kind),
         k = kind.as_str(),
     )
 }
 
 /// Claims the given messages that are still queued and due, stamping a lease,
-/// and opens an attempt row for each. Returns only what this call won.
+/// and opens an attempt row for each: one statement per kind present, in
+/// one transaction. Returns only what this call won.
 pub async fn claim(
     pool: &Pool,
     jobs: &[(MessageKind, i64)],
@@ -192,51 +212,47 @@ pub async fn claim(
     lease: Duration,
 ) -> Result<Vec<MailJob>, StoreError> {
     let mut conn = checkout(pool).await?;
-    let mut statements = Vec::with_capacity(2);
-    for kind in [MessageKind::Contact, MessageKind::Notify] {
-        // Only the kinds present: preparing touches the table.
-        if jobs.iter().any(|(k, _)| *k == kind) {
-            statements.push((kind, conn.prepared(claim_sql(kind)).await?));
-        }
-    }
     let token = lease_token.to_string();
     let lease_secs = lease.as_secs_f64();
-    let params: Vec<[&(dyn ToSql + Sync); 3]> = jobs
+    let mut batches = Vec::with_capacity(2);
+    for kind in [MessageKind::Contact, MessageKind::Notify] {
+        let ids: Vec<i64> = jobs
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, id)| *id)
+            .collect();
+        // Only the kinds present: preparing touches the table.
+        if !ids.is_empty() {
+            batches.push((kind, conn.prepared(claim_sql(kind)).await?, ids));
+        }
+    }
+    let params: Vec<[&(dyn ToSql + Sync); 3]> = batches
         .iter()
-        .map(|(_, id)| [id as &(dyn ToSql + Sync), &token, &lease_secs])
+        .map(|(_, _, ids)| [ids as &(dyn ToSql + Sync), &token, &lease_secs])
         .collect();
-    // One primary-key lookup per message, not `id = ANY($1)`: while a burst
-    // fills the table faster than statistics follow, the planner may serve
-    // `ANY` by walking the partial index of every queued row, which turns
-    // each claim into a scan of the whole backlog.
     let rows = pipelined(
         &conn,
-        jobs.iter().zip(&params).map(|((kind, _), p)| {
-            let statement = &statements
-                .iter()
-                .find(|(k, _)| k == kind)
-                .expect("prepared for every kind in the batch")
-                .1;
-            conn.query_opt(statement, p)
-        }),
+        batches
+            .iter()
+            .zip(&params)
+            .map(|((_, statement, _), p)| conn.query(statement, p)),
         Vec::new(),
     )
     .await?;
     conn.release();
     let mut claimed = Vec::with_capacity(jobs.len());
-    for ((kind, _), row) in jobs.iter().zip(&rows) {
-        let Some(row) = row else { continue };
-        let retry_count: i32 = row.try_get(2)?;
-        let content = content_from_row(*kind, row, 4)?;
-        claimed.push(MailJob {
-            kind: *kind,
-            id: row.try_get(0)?,
-            uuid: row.try_get(1)?,
-            retry_count,
-            attempt: row.try_get(3)?,
-            lease_token,
-            content,
-        });
+    for ((kind, _, _), rows) in batches.iter().zip(&rows) {
+        for row in rows {
+            claimed.push(MailJob {
+                kind: *kind,
+                id: row.try_get(0)?,
+                uuid: row.try_get(1)?,
+                retry_count: row.try_get(2)?,
+                attempt: row.try_get(3)?,
+                lease_token,
+                content: content_from_row(*kind, row, 4)?,
+            });
+        }
     }
     Ok(claimed)
 }
@@ -259,23 +275,49 @@ fn next_state(
     }
 }
 
-/// The parameters of one outcome's statement, owned so that the pipelined
-/// statements can borrow them.
-struct FinishParams<'a> {
-    id: i64,
-    token: String,
-    status: &'static str,
-    retry_count: i32,
-    delay: Option<f64>,
-    error: &'a Option<String>,
-    number: i32,
-    outcome: &'static str,
-    smtp_code: Option<i32>,
-    smtp_reply: &'a Option<String>,
-    duration_ms: i64,
+/// The outcomes of one kind as the columns of [`finish_sql`]'s arrays, in
+/// id order (so that concurrent writers lock rows in one order).
+#[derive(Default)]
+struct FinishColumns<'a> {
+    id: Vec<i64>,
+    token: Vec<String>,
+    status: Vec<&'static str>,
+    retry_count: Vec<i32>,
+    delay: Vec<Option<f64>>,
+    error: Vec<&'a Option<String>>,
+    number: Vec<i32>,
+    outcome: Vec<&'static str>,
+    smtp_code: Vec<Option<i32>>,
+    smtp_reply: Vec<&'a Option<String>>,
+    duration_ms: Vec<i64>,
 }
 
-impl FinishParams<'_> {
+impl<'a> FinishColumns<'a> {
+    fn of_kind(
+        kind: MessageKind,
+        done: &'a [(MailJob, AttemptResult)],
+        policy: &RetryPolicy,
+    ) -> Self {
+        let mut of_kind: Vec<_> = done.iter().filter(|(j, _)| j.kind == kind).collect();
+        of_kind.sort_by_key(|(j, _)| j.id);
+        let mut c = Self::default();
+        for (job, result) in of_kind {
+            let (status, retry_count, delay) = next_state(job, result, policy);
+            c.id.push(job.id);
+            c.token.push(job.lease_token.to_string());
+            c.status.push(status);
+            c.retry_count.push(retry_count);
+            c.delay.push(delay.map(|d| d.as_secs_f64()));
+            c.error.push(&result.error);
+            c.number.push(job.attempt);
+            c.outcome.push(result.outcome.as_str());
+            c.smtp_code.push(result.smtp_code);
+            c.smtp_reply.push(&result.smtp_reply);
+            c.duration_ms.push(result.duration_ms);
+        }
+        c
+    }
+
     fn as_params(&self) -> [&(dyn ToSql + Sync); 11] {
         [
             &self.id,
@@ -283,11 +325,11 @@ impl FinishParams<'_> {
             &self.status,
             &self.retry_count,
             &self.delay,
-            self.error,
+            &self.error,
             &self.number,
             &self.outcome,
             &self.smtp_code,
-            self.smtp_reply,
+            &self.smtp_reply,
             &self.duration_ms,
         ]
     }
@@ -295,9 +337,10 @@ impl FinishParams<'_> {
 
 /// Records attempts' outcomes and moves each message on: `sent`, `queued`
 /// for a retry after the policy's delay, or `failed`; one statement per
-/// outcome, pipelined. An entry is `None` when its lease
-/// was lost meanwhile (reclaimed after expiry): then nothing is written for
-/// it, so a late outcome cannot overwrite newer state.
+/// kind for the whole batch, with the batch's webhook events in the same
+/// transaction. An entry is `None` when its lease was lost meanwhile
+/// (reclaimed after expiry): then nothing is written for it, so a late
+/// outcome cannot overwrite newer state.
 pub async fn finish_batch(
     pool: &Pool,
     done: &[(MailJob, AttemptResult)],
@@ -305,84 +348,55 @@ pub async fn finish_batch(
     outbox: &Outbox,
 ) -> Result<Vec<Option<Settled>>, StoreError> {
     let mut conn = checkout(pool).await?;
-    let mut statements = Vec::with_capacity(2);
-    let mut record_statements = Vec::new();
+    let mut batches = Vec::with_capacity(2);
     for kind in [MessageKind::Contact, MessageKind::Notify] {
         // Only the kinds present: preparing touches the table.
         if done.iter().any(|(j, _)| j.kind == kind) {
-            statements.push((kind, conn.prepared(finish_sql(kind)).await?));
-            if outbox.is_on() {
-                let sql = webhooks::record_sql(kind);
-                record_statements.push((kind, conn.prepared(sql).await?));
-            }
+            let columns = FinishColumns::of_kind(kind, done, policy);
+            let finish = conn.prepared(finish_sql(kind)).await?;
+            let record = match outbox.is_on() {
+                true => Some(conn.prepared(webhooks::record_sql(kind)).await?),
+                false => None,
+            };
+            batches.push((kind, columns, finish, record));
         }
     }
-    let params: Vec<FinishParams> = done
-        .iter()
-        .map(|(job, result)| {
-            let (status, retry_count, delay) = next_state(job, result, policy);
-            FinishParams {
-                id: job.id,
-                token: job.lease_token.to_string(),
-                status,
-                retry_count,
-                delay: delay.map(|d| d.as_secs_f64()),
-                error: &result.error,
-                number: job.attempt,
-                outcome: result.outcome.as_str(),
-                smtp_code: result.smtp_code,
-                smtp_reply: &result.smtp_reply,
-                duration_ms: result.duration_ms,
-            }
-        })
-        .collect();
-    let arrays: Vec<_> = params.iter().map(FinishParams::as_params).collect();
     // The events of the batch, one statement per kind after the outcomes;
     // it records only the messages this transaction changed, so an outcome
     // whose lease was lost has none.
-    let events: Vec<(MessageKind, Vec<i64>, Vec<Option<i32>>)> = record_statements
-        .iter()
-        .map(|(kind, _)| {
-            let (ids, codes) = done
-                .iter()
-                .filter(|(job, _)| job.kind == *kind)
-                .map(|(job, result)| (job.id, result.smtp_code))
-                .unzip();
-            (*kind, ids, codes)
-        })
-        .collect();
     let client: &Client = &conn;
-    let after = events
+    let after = batches
         .iter()
-        .zip(&record_statements)
-        .map(|((kind, ids, codes), (_, statement))| {
-            Box::pin(webhooks::record_with(
-                client, statement, outbox, *kind, ids, codes,
-            )) as BoxFuture<'_, _>
+        .filter_map(|(kind, c, _, record)| {
+            let record = record.as_ref()?;
+            let events = webhooks::record_with(client, record, outbox, *kind, &c.id, &c.smtp_code);
+            Some(Box::pin(events) as BoxFuture<'_, _>)
         })
         .collect();
+    let params: Vec<_> = batches.iter().map(|(_, c, _, _)| c.as_params()).collect();
     let rows = pipelined(
         &conn,
-        done.iter().zip(&arrays).map(|((job, _), p)| {
-            let statement = &statements
-                .iter()
-                .find(|(k, _)| *k == job.kind)
-                .expect("prepared for every kind in the batch")
-                .1;
-            conn.query_opt(statement, p)
-        }),
+        batches
+            .iter()
+            .zip(&params)
+            .map(|((_, _, finish, _), p)| conn.query(finish, p)),
         after,
     )
     .await?;
     conn.release();
-    done.iter()
-        .zip(&rows)
-        .map(|((job, _), row)| match row {
-            // The lease was lost meanwhile: newer state stands.
-            None => Ok(None),
-            Some(row) => settled_from_row(job.kind, row).map(Some),
-        })
-        .collect()
+    let mut settled = HashMap::with_capacity(done.len());
+    for ((kind, _, _, _), rows) in batches.iter().zip(&rows) {
+        for row in rows {
+            let s = settled_from_row(*kind, row)?;
+            settled.insert((*kind, s.id), s);
+        }
+    }
+    // A message missing from what the statement changed lost its lease
+    // meanwhile: newer state stands.
+    Ok(done
+        .iter()
+        .map(|(job, _)| settled.remove(&(job.kind, job.id)))
+        .collect())
 }
 
 #[cfg(test)]
