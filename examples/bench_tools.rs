@@ -537,7 +537,7 @@ async fn service_send(
         unreachable!("set above")
     };
     session
-        .send(settings, message.envelope(), &message.formatted())
+        .send(settings, message.envelope(), &message.formatted(), async {})
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())

@@ -26,6 +26,7 @@
 //! reset while reading the reply to the final dot), and only the retry
 //! schedule, which records every attempt, may send it again.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -36,7 +37,8 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{
     AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
 };
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -223,11 +225,17 @@ pub struct Session {
 }
 
 impl Session {
+    /// Sends one mail. `gate` is awaited after the server has taken the
+    /// envelope (`MAIL`, `RCPT`, `DATA`) and before the content and its
+    /// final dot, which is what makes the server take the mail: a mailer
+    /// opens its next transaction while its last outcome is being
+    /// committed, and completes it only once it is.
     pub async fn send(
         &mut self,
         settings: &Settings,
         envelope: &Envelope,
         email: &[u8],
+        gate: impl Future<Output = ()>,
     ) -> Result<Response, SendError> {
         let reused = match self.conn.take() {
             Some((conn, last)) if !conn.has_broken() && last.elapsed() < PROBE_AFTER => Some(conn),
@@ -244,12 +252,52 @@ impl Session {
             Some(c) => c,
             None => settings.connect().await?,
         };
-        let result = conn.send(envelope, email).await;
+        let result = send_gated(&mut conn, envelope, email, gate).await;
         if result.is_ok() {
             self.conn = Some((conn, Instant::now()));
+        } else {
+            // Whatever state the transaction is in, it is not reused.
+            conn.abort().await;
         }
         Ok(result?)
     }
+}
+
+/// lettre's `send`, with `gate` awaited between the envelope and the
+/// content. A mail this server could not take (non-ASCII without
+/// `SMTPUTF8` or `8BITMIME`) goes through lettre's own `send` after the
+/// gate, which refuses it with its error before writing anything.
+async fn send_gated(
+    conn: &mut AsyncSmtpConnection,
+    envelope: &Envelope,
+    email: &[u8],
+    gate: impl Future<Output = ()>,
+) -> Result<Response, SmtpError> {
+    let info = conn.server_info();
+    let mut options = Vec::new();
+    let non_ascii = |a: &lettre::Address| !AsRef::<str>::as_ref(a).is_ascii();
+    if envelope.from().is_some_and(non_ascii) || envelope.to().iter().any(non_ascii) {
+        if !info.supports_feature(Extension::SmtpUtfEight) {
+            gate.await;
+            return conn.send(envelope, email).await;
+        }
+        options.push(MailParameter::SmtpUtfEight);
+    }
+    if !email.is_ascii() {
+        if !info.supports_feature(Extension::EightBitMime) {
+            gate.await;
+            return conn.send(envelope, email).await;
+        }
+        options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    conn.command(Mail::new(envelope.from().cloned(), options))
+        .await?;
+    for to in envelope.to() {
+        conn.command(Rcpt::new(to.clone(), Vec::new())).await?;
+    }
+    conn.command(Data).await?;
+    gate.await;
+    conn.message(email).await
 }
 
 #[cfg(test)]

@@ -14,11 +14,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
+use tokio::sync::Notify;
+
 use crate::domain::delivery::{AttemptResult, ClaimRef, MailJob};
 
 #[derive(Default)]
 pub struct ClaimLedger {
     inner: Mutex<Inner>,
+    /// Woken whenever an outcome is recorded, for [`ClaimLedger::recorded_by_now`].
+    recorded: Notify,
 }
 
 #[derive(Default)]
@@ -63,14 +67,35 @@ impl ClaimLedger {
     /// The outcome of this claim is committed (or its lease was lost).
     pub fn recorded(&self, claim: &ClaimRef) {
         self.lock().unrecorded.remove(claim);
+        self.recorded.notify_waiters();
     }
 
-    /// Everything owed, emptied: for a dispatcher that starts after another.
+    /// Done once the outcome of `claim` is no longer owed: at once if it
+    /// never was. A mailer completes its next mail only after this, so a
+    /// crash can repeat at most one send per mailer.
+    pub async fn recorded_by_now(&self, claim: &ClaimRef) {
+        loop {
+            // Registered before the check, so a `recorded` between the two
+            // is not missed.
+            let woken = self.recorded.notified();
+            let mut woken = std::pin::pin!(woken);
+            woken.as_mut().enable();
+            if !self.lock().unrecorded.contains_key(claim) {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    /// Everything owed: for a dispatcher that starts after another. The
+    /// claims are emptied (the caller gives them back); the outcomes stay
+    /// owed until the caller records them, so a mailer waiting for one of
+    /// them keeps waiting.
     pub fn take(&self) -> Left {
         let mut inner = self.lock();
         Left {
             unstarted: inner.unstarted.drain().collect(),
-            unrecorded: inner.unrecorded.drain().map(|(_, v)| v).collect(),
+            unrecorded: inner.unrecorded.values().cloned().collect(),
         }
     }
 }
@@ -108,6 +133,43 @@ mod tests {
         assert_eq!(left.unrecorded.len(), 1);
         assert_eq!(left.unrecorded[0].0.id, 1);
         let again = ledger.take();
-        assert!(again.unstarted.is_empty() && again.unrecorded.is_empty());
+        assert!(again.unstarted.is_empty());
+        assert_eq!(
+            again.unrecorded.len(),
+            1,
+            "an outcome stays owed until it is recorded"
+        );
+        ledger.recorded(&a.claim_ref());
+        assert!(ledger.take().unrecorded.is_empty());
+    }
+
+    #[tokio::test]
+    async fn waiting_for_an_outcome_ends_when_it_is_recorded_and_not_before() {
+        let ledger = std::sync::Arc::new(ClaimLedger::default());
+        let (a, b) = (job(1), job(2));
+        // Never owed: nothing to wait for.
+        ledger.recorded_by_now(&a.claim_ref()).await;
+        ledger.owe(&a, &sent());
+        ledger.owe(&b, &sent());
+        let waiter = tokio::spawn({
+            let ledger = ledger.clone();
+            async move { ledger.recorded_by_now(&a.claim_ref()).await }
+        });
+        // Another outcome recorded, and a successor taking what is owed:
+        // neither ends the wait.
+        ledger.recorded(&b.claim_ref());
+        let _ = ledger.take();
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !waiter.is_finished(),
+            "ended before its outcome was recorded"
+        );
+        ledger.recorded(&job(1).claim_ref());
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("ends once recorded")
+            .unwrap();
     }
 }

@@ -12,6 +12,7 @@
 //! so they survive restarts.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -22,7 +23,7 @@ use super::ledger::ClaimLedger;
 use super::protocol::{DispatcherMsg, MailerMsg, MailerReport, log_attempt};
 use super::registry::Registry;
 use crate::config::Config;
-use crate::domain::delivery::{AttemptResult, MailJob, Outcome};
+use crate::domain::delivery::{AttemptResult, ClaimRef, MailJob, Outcome};
 use crate::mail::{self, Backend};
 use crate::smtp;
 use crate::util::AbortOnDrop;
@@ -58,7 +59,7 @@ pub struct MailerState {
     /// Jobs handed over while a send was running. The dispatcher gives one
     /// job at a time, but a freshly restarted dispatcher does not know which
     /// mailers are busy; queueing here keeps "one send at a time" anyway.
-    queued: VecDeque<MailJob>,
+    queued: VecDeque<(MailJob, Vec<ClaimRef>)>,
     /// This mailer's SMTP connection; lent to the send task while it runs.
     session: Option<smtp::Session>,
     _task: Option<AbortOnDrop>,
@@ -95,15 +96,15 @@ impl Actor for Mailer {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            MailerMsg::Deliver(job) => {
+            MailerMsg::Deliver(job, after) => {
                 #[cfg(feature = "fault-injection")]
                 crate::faults::before_send(&job);
                 #[cfg(feature = "fault-injection")]
                 crate::faults::stall(&job).await;
                 if state.sending.is_some() {
-                    state.queued.push_back(*job);
+                    state.queued.push_back((*job, after));
                 } else {
-                    state.start(&myself, *job);
+                    state.start(&myself, *job, after);
                 }
             }
             MailerMsg::SendDone(job, result, session) => {
@@ -131,8 +132,8 @@ impl Actor for Mailer {
                 if !reported {
                     tracing::warn!(%uuid, "no dispatcher to report to; the next one records the outcome");
                 }
-                if let Some(next) = state.queued.pop_front() {
-                    state.start(&myself, next);
+                if let Some((next, after)) = state.queued.pop_front() {
+                    state.start(&myself, next, after);
                 }
             }
             MailerMsg::SendPanicked(panic) => {
@@ -157,15 +158,24 @@ impl Actor for Mailer {
 }
 
 impl MailerState {
-    fn start(&mut self, myself: &ActorRef<MailerMsg>, job: MailJob) {
+    /// Starts `job`; its mail is completed only once the outcomes of
+    /// `after` are committed.
+    fn start(&mut self, myself: &ActorRef<MailerMsg>, job: MailJob, after: Vec<ClaimRef>) {
         self.sending = Some((job.uuid, Instant::now()));
         let session = self.session.take().unwrap_or_default();
+        let ledger = self.ledger.clone();
+        let gate = async move {
+            for claim in &after {
+                ledger.recorded_by_now(claim).await;
+            }
+        };
         self._task = Some(spawn_send(
             myself,
             self.backend.clone(),
             self.config.clone(),
             job,
             session,
+            gate,
         ));
     }
 }
@@ -177,6 +187,7 @@ fn spawn_send(
     config: Arc<Config>,
     job: MailJob,
     mut session: smtp::Session,
+    gate: impl Future<Output = ()> + Send + 'static,
 ) -> AbortOnDrop {
     let timeout = config.smtp.timeout;
     let work = tokio::spawn(async move {
@@ -192,8 +203,8 @@ fn spawn_send(
             },
             Ok(message) => {
                 let started = Instant::now();
-                match tokio::time::timeout(timeout, backend.send(&job, message, &mut session)).await
-                {
+                let send = backend.send(&job, message, &mut session, gate);
+                match tokio::time::timeout(timeout, send).await {
                     Ok(r) => r,
                     Err(_) => {
                         // The connection is mid-transaction: never reuse it.

@@ -17,13 +17,16 @@ use serde::Serialize;
 
 use super::dispatcher::event::Event;
 use crate::domain::MessageKind;
-use crate::domain::delivery::{AttemptResult, MailJob};
+use crate::domain::delivery::{AttemptResult, ClaimRef, MailJob};
 use crate::smtp;
 
 // ===== Mailer =====
 
 pub enum MailerMsg {
-    Deliver(Box<MailJob>),
+    /// A job, and the claims whose outcomes must be committed before this
+    /// job's mail is completed (the mailer's previous sends, still being
+    /// recorded).
+    Deliver(Box<MailJob>, Vec<ClaimRef>),
     Report(RpcReplyPort<MailerReport>),
     /// From the send task, with the SMTP session back for the next send.
     SendDone(Box<MailJob>, Box<AttemptResult>, Box<smtp::Session>),

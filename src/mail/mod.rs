@@ -13,6 +13,7 @@
 //! as the contract says: 5xx (and a refused envelope) are permanent,
 //! everything else is transient.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -57,15 +58,20 @@ impl Backend {
     }
 
     /// Sends one mail and says what happened. Never panics on a bad reply.
+    /// The mail is not handed over before `gate` is done: over SMTP the
+    /// envelope goes first and the content waits for it (see
+    /// [`smtp::Session::send`]); the other backends wait before anything.
     pub async fn send(
         &self,
         job: &MailJob,
         message: Message,
         session: &mut smtp::Session,
+        gate: impl Future<Output = ()>,
     ) -> AttemptResult {
         let started = Instant::now();
         let result = match self {
             Self::Console => {
+                gate.await;
                 let formatted = String::from_utf8_lossy(&message.formatted()).into_owned();
                 tracing::info!(
                     target: "email_service::mail",
@@ -77,10 +83,13 @@ impl Backend {
                 );
                 Ok(None)
             }
-            Self::File(dir) => write_eml(dir, job, &message).await.map(|_| None),
+            Self::File(dir) => {
+                gate.await;
+                write_eml(dir, job, &message).await.map(|_| None)
+            }
             Self::Smtp(settings) => {
                 match session
-                    .send(settings, message.envelope(), &message.formatted())
+                    .send(settings, message.envelope(), &message.formatted(), gate)
                     .await
                 {
                     Ok(resp) => Ok(Some((

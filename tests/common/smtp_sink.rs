@@ -41,6 +41,8 @@ struct State {
     received: Vec<Received>,
     /// Every end-of-DATA seen, whatever the answer.
     attempts: usize,
+    /// Every `MAIL FROM`: transactions opened, completed or not.
+    envelopes: usize,
 }
 
 pub struct SmtpSink {
@@ -89,6 +91,12 @@ impl SmtpSink {
 
     pub fn attempts(&self) -> usize {
         self.state.lock().unwrap().attempts
+    }
+
+    /// Mail transactions opened (`MAIL FROM`), whether or not their
+    /// content followed.
+    pub fn envelopes(&self) -> usize {
+        self.state.lock().unwrap().envelopes
     }
 
     /// Deliveries per `Message-ID`.
@@ -149,6 +157,7 @@ async fn session(stream: TcpStream, state: Arc<Mutex<State>>) {
             b"250 sink\r\n"
         } else if upper.starts_with("MAIL FROM") {
             rcpt.clear();
+            state.lock().unwrap().envelopes += 1;
             b"250 2.1.0 Ok\r\n"
         } else if upper.starts_with("RCPT TO") {
             rcpt.push(line.trim_end()[8..].trim().to_owned());

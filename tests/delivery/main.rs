@@ -11,6 +11,7 @@ mod bulk;
 mod control;
 mod crashes;
 mod failures;
+mod gate;
 mod leases;
 mod normal;
 mod plans;

@@ -193,7 +193,10 @@ impl DispatcherState {
         match self.registry.mailer(i) {
             Some(mailer)
                 if mailer
-                    .cast(MailerMsg::Deliver(Box::new(flight.job.clone())))
+                    .cast(MailerMsg::Deliver(
+                        Box::new(flight.job.clone()),
+                        self.slots[i].unrecorded.clone(),
+                    ))
                     .is_ok() =>
             {
                 self.ledger.settle(&flight.job.claim_ref());

@@ -2,9 +2,10 @@
 //! written back through `Persistence`, in group commits.
 //!
 //! Up to [`RECORDERS`] batches are written at once and what arrives
-//! meanwhile goes into the next one. A mailer takes no new job until its
-//! last outcome is committed, so a crash of the process repeats at most one
-//! send per mailer. A failed write is kept and written again after a pause,
+//! meanwhile goes into the next one. A mailer completes no new mail until
+//! its last outcome is committed (it may open the next one's envelope
+//! meanwhile), so a crash of the process repeats at most one send per
+//! mailer. A failed write is kept and written again after a pause,
 //! never dropped: dropping it would let the lease expire and the mail go
 //! out twice. Once a batch is committed, its stream entries are
 //! acknowledged and its retries scheduled in Redis.
@@ -97,7 +98,7 @@ impl DispatcherState {
             .send_duration
             .observe(result.duration_ms as f64 / 1000.0);
         if let Some(slot) = mailer.and_then(|m| self.slots.get_mut(m)) {
-            slot.unrecorded = true;
+            slot.unrecorded.push(flight.job.claim_ref());
         }
         self.to_record.push(PendingOutcome {
             entry: flight.entry,
@@ -166,7 +167,7 @@ impl DispatcherState {
         }
         for m in mailers {
             if let Some(slot) = self.slots.get_mut(m) {
-                slot.unrecorded = false;
+                slot.unrecorded.retain(|c| !claims.contains(c));
             }
         }
         self.pump(myself);

@@ -1,17 +1,20 @@
 //! The dispatcher's bookkeeping of its mailers and the arithmetic of leases:
 //! plain data and functions, no I/O, so the policy is tested on its own.
 //!
-//! A mailer slot is idle only when its mailer is up, holds no job, and its
-//! last outcome is committed: were the process to die, at most that one
-//! send could be repeated, never a run of them. A claimed job is never
-//! started when its lease could run out before its outcome is recorded.
+//! A mailer slot is idle when its mailer is up and holds no job. Its next
+//! job goes out with the claims of its sends whose outcomes are not yet
+//! committed, and the mailer completes that mail (the final dot) only once
+//! they are: were the process to die, at most one send per mailer could be
+//! repeated, never a run of them, while the next mail's envelope overlaps
+//! the last one's commit. A claimed job is never started when its lease
+//! could run out before its outcome is recorded.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::domain::delivery::MailJob;
+use crate::domain::delivery::{ClaimRef, MailJob};
 
 /// Jobs claimed ahead for each mailer, beyond the one it is sending.
 pub const PREFETCH_PER_MAILER: usize = 2;
@@ -42,14 +45,15 @@ impl InFlight {
 pub struct MailerSlot {
     pub up: bool,
     pub job: Option<InFlight>,
-    /// The mailer's last send is done but its outcome is not yet committed.
-    /// It gets no new job meanwhile.
-    pub unrecorded: bool,
+    /// The mailer's sends that are done but whose outcomes are not yet
+    /// committed. Its next job goes out with them, and the mailer completes
+    /// that job's mail only once they are committed.
+    pub unrecorded: Vec<ClaimRef>,
 }
 
 impl MailerSlot {
     pub fn idle(&self) -> bool {
-        self.up && self.job.is_none() && !self.unrecorded
+        self.up && self.job.is_none()
     }
 }
 
@@ -112,23 +116,21 @@ mod tests {
             .map(|i| MailerSlot {
                 up: true,
                 job: (i < busy).then(|| InFlight::new(None, job())),
-                unrecorded: false,
+                unrecorded: Vec::new(),
             })
             .collect()
     }
 
     #[test]
-    fn an_idle_slot_is_up_empty_and_recorded() {
+    fn an_idle_slot_is_up_and_empty() {
         let mut slot = MailerSlot::default();
         assert!(!slot.idle(), "a mailer not yet up is not idle");
         slot.up = true;
         assert!(slot.idle());
-        slot.unrecorded = true;
-        assert!(
-            !slot.idle(),
-            "no new job before the last outcome is committed"
-        );
-        slot.unrecorded = false;
+        // Its next job may go out: the mailer holds its mail back until
+        // these outcomes are committed.
+        slot.unrecorded.push(job().claim_ref());
+        assert!(slot.idle());
         slot.job = Some(InFlight::new(None, job()));
         assert!(!slot.idle());
     }
