@@ -98,8 +98,6 @@ impl Actor for Mailer {
         match msg {
             MailerMsg::Deliver(job, after) => {
                 #[cfg(feature = "fault-injection")]
-                crate::faults::before_send(&job);
-                #[cfg(feature = "fault-injection")]
                 crate::faults::stall(&job).await;
                 if state.sending.is_some() {
                     state.queued.push_back((*job, after));
@@ -121,6 +119,7 @@ impl Actor for Mailer {
                 // the report in its mailbox leaves it to its successor.
                 state.ledger.owe(&job, &result);
                 let uuid = job.uuid;
+                let done = job.claim_ref();
                 let reported = state.registry.dispatcher().is_some_and(|d| {
                     d.cast(DispatcherMsg::JobFinished {
                         mailer: state.index,
@@ -132,7 +131,10 @@ impl Actor for Mailer {
                 if !reported {
                     tracing::warn!(%uuid, "no dispatcher to report to; the next one records the outcome");
                 }
-                if let Some((next, after)) = state.queued.pop_front() {
+                if let Some((next, mut after)) = state.queued.pop_front() {
+                    // The send just done is recorded before the next mail
+                    // is completed, like those the dispatcher named.
+                    after.push(done);
                     state.start(&myself, next, after);
                 }
             }
@@ -161,6 +163,8 @@ impl MailerState {
     /// Starts `job`; its mail is completed only once the outcomes of
     /// `after` are committed.
     fn start(&mut self, myself: &ActorRef<MailerMsg>, job: MailJob, after: Vec<ClaimRef>) {
+        #[cfg(feature = "fault-injection")]
+        crate::faults::before_send(&job);
         self.sending = Some((job.uuid, Instant::now()));
         let session = self.session.take().unwrap_or_default();
         let ledger = self.ledger.clone();

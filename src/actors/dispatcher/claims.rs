@@ -158,18 +158,29 @@ impl DispatcherState {
         let lease = slots::lease_duration(&self.config);
         let mut too_late = Vec::new();
         while !self.waiting.is_empty() {
-            let Some(i) = self.slots.iter().position(slots::MailerSlot::idle) else {
+            // Idle mailers first; then one job queued behind each send.
+            let slot = match self.slots.iter().position(slots::MailerSlot::idle) {
+                Some(i) => Some((i, false)),
+                None => (self.slots.iter())
+                    .position(slots::MailerSlot::can_queue)
+                    .map(|i| (i, true)),
+            };
+            let Some((i, queued)) = slot else {
                 break;
             };
             let flight = self.waiting.pop_front().expect("not empty");
             // A job that waited so long that its lease could run out before
             // its send is recorded must not be sent: the reconciler may hand
             // it to someone else meanwhile.
+            let window = match queued {
+                true => window + self.config.smtp.timeout,
+                false => window,
+            };
             if !slots::still_sendable(flight.claimed, window, lease) {
                 too_late.push(flight);
                 continue;
             }
-            self.assign(myself, i, flight);
+            self.assign(myself, i, flight, queued);
         }
         if !too_late.is_empty() {
             let refs = too_late.iter().map(|f| f.job.claim_ref()).collect();
@@ -189,7 +200,15 @@ impl DispatcherState {
         self.release(myself, refs, ReleaseReason::Draining);
     }
 
-    fn assign(&mut self, myself: &ActorRef<DispatcherMsg>, i: usize, flight: InFlight) {
+    /// Hands `flight` to mailer `i`: to send now, or (`queued`) to start
+    /// once its current send is done.
+    fn assign(
+        &mut self,
+        myself: &ActorRef<DispatcherMsg>,
+        i: usize,
+        flight: InFlight,
+        queued: bool,
+    ) {
         match self.registry.mailer(i) {
             Some(mailer)
                 if mailer
@@ -200,10 +219,14 @@ impl DispatcherState {
                     .is_ok() =>
             {
                 self.ledger.settle(&flight.job.claim_ref());
-                self.slots[i].job = Some(InFlight {
+                let flight = InFlight {
                     started: tokio::time::Instant::now(),
                     ..flight
-                });
+                };
+                match queued {
+                    true => self.slots[i].next = Some(flight),
+                    false => self.slots[i].job = Some(flight),
+                }
             }
             _ => {
                 // The mailer died between its last report and now.

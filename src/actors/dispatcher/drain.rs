@@ -32,7 +32,7 @@ impl DispatcherState {
             let open: Vec<String> = self
                 .slots
                 .iter()
-                .filter_map(|s| s.job.as_ref())
+                .flat_map(|s| s.job.iter().chain(&s.next))
                 .map(|f| f.job.uuid.to_string())
                 .collect();
             tracing::warn!(

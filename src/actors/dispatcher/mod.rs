@@ -269,7 +269,7 @@ impl DispatcherState {
     }
 
     fn in_flight(&self) -> usize {
-        self.slots.iter().filter(|s| s.job.is_some()).count() + self.waiting.len()
+        self.slots.iter().map(MailerSlot::held).sum::<usize>() + self.waiting.len()
     }
 
     fn idle_mailers(&self) -> usize {

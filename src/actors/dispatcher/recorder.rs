@@ -41,8 +41,19 @@ impl DispatcherState {
         result: AttemptResult,
     ) {
         let held = self.slots.get_mut(mailer).and_then(|s| {
-            s.job
-                .take_if(|f| f.job.lease_token == job.lease_token && f.job.id == job.id)
+            let this =
+                |f: &mut InFlight| f.job.lease_token == job.lease_token && f.job.id == job.id;
+            match s.job.take_if(this) {
+                Some(done) => {
+                    // The mailer starts its queued job as soon as it reports.
+                    s.job = s.next.take().map(|next| InFlight {
+                        started: tokio::time::Instant::now(),
+                        ..next
+                    });
+                    Some(done)
+                }
+                None => s.next.take_if(this),
+            }
         });
         let flight = held.unwrap_or_else(|| InFlight::new(None, job));
         self.record(myself, flight, result, Some(mailer));
@@ -59,6 +70,12 @@ impl DispatcherState {
             return;
         };
         slot.up = false;
+        // Its queued job died with it unstarted: handed out again, under
+        // the same claim.
+        if let Some(next) = slot.next.take() {
+            self.ledger.hold([next.job.claim_ref()]);
+            self.waiting.push_front(next);
+        }
         let Some(flight) = slot.job.take() else {
             return;
         };

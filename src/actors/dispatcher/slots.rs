@@ -45,6 +45,9 @@ impl InFlight {
 pub struct MailerSlot {
     pub up: bool,
     pub job: Option<InFlight>,
+    /// A job handed to the mailer to start as soon as `job` is done, so
+    /// that no round trip through the dispatcher separates two sends.
+    pub next: Option<InFlight>,
     /// The mailer's sends that are done but whose outcomes are not yet
     /// committed. Its next job goes out with them, and the mailer completes
     /// that job's mail only once they are committed.
@@ -54,6 +57,16 @@ pub struct MailerSlot {
 impl MailerSlot {
     pub fn idle(&self) -> bool {
         self.up && self.job.is_none()
+    }
+
+    /// Sending, with nothing queued behind: it may take its next job now.
+    pub fn can_queue(&self) -> bool {
+        self.up && self.job.is_some() && self.next.is_none()
+    }
+
+    /// Jobs the mailer holds: the one it sends and the one queued behind.
+    pub fn held(&self) -> usize {
+        usize::from(self.job.is_some()) + usize::from(self.next.is_some())
     }
 }
 
@@ -68,7 +81,7 @@ impl MailerSlot {
 /// and outcomes need. With nothing on its way, whatever is free is read.
 pub fn read_capacity(slots: &[MailerSlot], claiming: usize, waiting: usize) -> Option<usize> {
     let up = slots.iter().filter(|s| s.up).count();
-    let busy = slots.iter().filter(|s| s.job.is_some()).count();
+    let busy: usize = slots.iter().map(MailerSlot::held).sum();
     let free = (up * (1 + PREFETCH_PER_MAILER)).saturating_sub(busy + claiming + waiting);
     let on_the_way = claiming + waiting;
     if free == 0 || (on_the_way > 0 && free < up) {
@@ -98,7 +111,8 @@ pub fn send_window(config: &Config, persistence_call: Duration) -> Duration {
 
 /// Whether a job claimed at `claimed` may still be handed to a mailer: its
 /// send and record must end before its lease does, or the reconciler could
-/// give the message to another sender meanwhile.
+/// give the message to another sender meanwhile. A job queued behind a
+/// send waits for it too: its window includes one more send.
 pub fn still_sendable(claimed: Instant, window: Duration, lease: Duration) -> bool {
     claimed.elapsed() + window <= lease
 }
@@ -116,6 +130,7 @@ mod tests {
             .map(|i| MailerSlot {
                 up: true,
                 job: (i < busy).then(|| InFlight::new(None, job())),
+                next: None,
                 unrecorded: Vec::new(),
             })
             .collect()
@@ -133,6 +148,18 @@ mod tests {
         assert!(slot.idle());
         slot.job = Some(InFlight::new(None, job()));
         assert!(!slot.idle());
+        assert!(slot.can_queue(), "one job may wait behind the one it sends");
+        slot.next = Some(InFlight::new(None, job()));
+        assert!(!slot.can_queue());
+        assert_eq!(slot.held(), 2);
+    }
+
+    #[test]
+    fn a_job_queued_in_a_mailer_counts_as_held() {
+        let mut s = slots(4, 4);
+        s[0].next = Some(InFlight::new(None, job()));
+        // 12 - (4 sending + 1 queued) = 7.
+        assert_eq!(read_capacity(&s, 0, 0), Some(7));
     }
 
     #[test]
