@@ -55,12 +55,14 @@ def rows_of(r):
     for d in relays:
         add(f'relay {d["data_delay_ms"]} ms, {d["workers"]} mailers',
             f'{d["deliveries_per_s"]:.0f}/s of {d["ideal_per_s"]:.0f} = {d["ratio_to_ideal"]:.2f}, '
-            f'lost {d["lost"]}, dup {d["duplicates"]}, record wait {d["record_wait_mean_ms"]:.2f} ms',
+            f'lost {d["lost"]}, dup {d["duplicates"]}, record wait {d["record_wait_mean_ms"]:.2f} ms'
+            + (f'; the sink alone {d["sink_alone_per_s"]:.0f}/s' if d.get("sink_alone_per_s") else ""),
             d["ratio_to_ideal"], "≥ 0.9, 0 lost, 0 dup",
             d["ratio_to_ideal"] >= 0.9 and d["lost"] == 0 and d["duplicates"] == 0
             and d["accepted"] == d["posted"] and d["errors"] == 0 and d["complete"])
-    if "drain" in r:
-        d = r["drain"]
+    drains = [r["drain"]] if "drain" in r else []
+    drains += sorted((d for k, d in r.items() if k.startswith("drain_")), key=lambda d: d["workers"])
+    for d in drains:
         add(f'drain of {d["backlog"]:,}, {d["workers"]} mailers',
             f'{d["deliveries_per_s"]:.0f}/s = {d["ratio_to_sink_capacity"]:.2f} of the sink, '
             f'lost {d["lost"]}, dup {d["duplicates"]}; PostgreSQL {d["postgres_cpu_ms_per_mail"]:.3f} ms CPU/mail, '
@@ -70,6 +72,9 @@ def rows_of(r):
     if "peak_rss" in r:
         p = r["peak_rss"]["peak_vmhwm_mib"]
         add("peak RSS (VmHWM)", f"{p:.1f} MiB", p, "≤ 40 MiB", p <= 40)
+    if "peak_rss_restarted" in r:
+        p = r["peak_rss_restarted"]["peak_vmhwm_mib"]
+        add("peak RSS, relay and drain services", f"{p:.1f} MiB", p, "≤ 40 MiB", p <= 40)
     if "accept_1m_rows" in r:
         s = r["accept_1m_rows"]
         add(f'accept, +{s["rows_inserted"]:,} old rows',
