@@ -64,7 +64,8 @@ def rows_of(r):
     drains += sorted((d for k, d in r.items() if k.startswith("drain_")), key=lambda d: d["workers"])
     for d in drains:
         add(f'drain of {d["backlog"]:,}, {d["workers"]} mailers',
-            f'{d["deliveries_per_s"]:.0f}/s = {d["ratio_to_sink_capacity"]:.2f} of the sink, '
+            f'{d["deliveries_per_s"]:.0f}/s = {d["ratio_to_sink_capacity"]:.2f} of the sink '
+            f'({d["sink_capacity_per_s"]:.0f}/s over {d["workers"]}), '
             f'lost {d["lost"]}, dup {d["duplicates"]}; PostgreSQL {d["postgres_cpu_ms_per_mail"]:.3f} ms CPU/mail, '
             f'service {d["service_cpu_ms_per_mail"]:.3f}',
             d["ratio_to_sink_capacity"], "≥ 0.5, 0 lost, 0 dup",
