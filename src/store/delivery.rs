@@ -171,6 +171,10 @@ fn build_finish_sql(kind: MessageKind) -> String {
     // statement, only where this lease still held the message. As in the
     // claim, `(status || '')` leaves the primary key as the only index to
     // use (the partial index of leases keeps dead entries until vacuum).
+    // The attempts are found from the arrays, not from the updated rows:
+    // joined to those (a CTE the planner believes holds one row), the plan
+    // read every attempt of the kind (`kind = 'notify'`, the index's first
+    // column) and filtered, once per batch.
     format!(
         "WITH o AS (
            SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int4[],
@@ -188,14 +192,14 @@ fn build_finish_sql(kind: MessageKind) -> String {
              updated_at = now()
            FROM o
            WHERE t.id = o.id AND (t.status || '') = 'sending' AND t.lease_owner = o.token
-           RETURNING t.id, t.status, t.next_attempt_at, o.number, o.outcome,
-             o.smtp_code, o.smtp_reply, o.error, o.duration_ms),
+           RETURNING t.id, t.status, t.next_attempt_at),
          a AS (
-           UPDATE delivery_attempts d SET finished_at = now(), outcome = m.outcome,
-             smtp_code = m.smtp_code, smtp_reply = m.smtp_reply, error = m.error,
-             duration_ms = m.duration_ms
-           FROM m
-           WHERE d.kind = '{k}' AND d.message_id = m.id AND d.number = m.number)
+           UPDATE delivery_attempts d SET finished_at = now(), outcome = o.outcome,
+             smtp_code = o.smtp_code, smtp_reply = o.smtp_reply, error = o.error,
+             duration_ms = o.duration_ms
+           FROM o
+           WHERE d.kind = '{k}' AND d.message_id = o.id AND d.number = o.number
+             AND o.id IN (SELECT id FROM m))
          SELECT id, status, next_attempt_at FROM m",
         t = table(kind),
         k = kind.as_str(),

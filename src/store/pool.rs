@@ -78,7 +78,7 @@ fn server_options(plan_cache_mode: &str) -> String {
 /// contract allows.
 pub fn bookkeeping_config(mut config: tokio_postgres::Config) -> tokio_postgres::Config {
     config.options(format!(
-        "{} -c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off",
+        "{} -c enable_seqscan=off -c enable_bitmapscan=off -c enable_hashjoin=off -c enable_mergejoin=off",
         server_options("force_generic_plan")
     ));
     config.application_name("email-service-delivery");
