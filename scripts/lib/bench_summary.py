@@ -37,6 +37,11 @@ def rows_of(r):
         add("accept ÷ ceiling", f'{acc["ratio_to_ceiling"]:.2f}, p99 {acc["p99_ms"]:.2f} ms',
             acc["ratio_to_ceiling"], "≥ 1.0 and p99 ≤ 10 ms",
             acc["ratio_to_ceiling"] >= 1.0 and acc["p99_ms"] <= 10 and clean_wrk(acc))
+    if "accept_info_log" in r:
+        i = r["accept_info_log"]
+        add("accept, RUST_LOG=info (a line per request)",
+            f'{i["accepted_per_s"]:.0f} req/s, p99 {i["p99_ms"]:.2f} ms = {i["ratio_to_warn_only"]:.2f} of the run above',
+            i["accepted_per_s"])
     if "sink_capacity" in r:
         cap = r["sink_capacity"]
         add("sink capacity (lettre, NODELAY)",
