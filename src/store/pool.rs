@@ -67,9 +67,9 @@ fn server_options(plan_cache_mode: &str) -> String {
 /// the life of the connection; `enable_seqscan=off` rules that out, and
 /// the statements are written so that the primary key is the only index
 /// that serves them. A batch's outcomes come as arrays joined to their
-/// rows: with hash and merge joins off, the plan made for an empty table is
-/// still one primary-key lookup per element, not a full read of the table
-/// to hash (`tests/delivery/plans.rs` checks the plans).
+/// rows: with bitmap scans, hash and merge joins off, the plan made for an
+/// empty table is still one index lookup per element, not a read of the
+/// whole table (`tests/delivery/plans.rs` checks the plans).
 ///
 /// Commits stay synchronous. `synchronous_commit=off` here measured 29 %
 /// more deliveries per second, but a crash of PostgreSQL could then forget
