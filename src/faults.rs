@@ -14,6 +14,9 @@ use crate::domain::delivery::{Content, MailJob};
 pub const MAILER_PANIC: &str = "[[fault:mailer-panic]]";
 /// The send task panics on the first attempt.
 pub const SEND_TASK_PANIC: &str = "[[fault:send-task-panic]]";
+/// The send task panics on the first attempt once the send is done, so the
+/// mailer dies at the end of a send (with whatever is queued behind it).
+pub const SEND_TASK_PANIC_AFTER_SEND: &str = "[[fault:send-task-panic-after-send]]";
 /// The dispatcher panics on receiving the first attempt's outcome from the
 /// mailer, before it is written.
 pub const DISPATCHER_PANIC: &str = "[[fault:dispatcher-panic]]";
@@ -41,6 +44,12 @@ pub fn before_send(job: &MailJob) {
 pub fn in_send_task(job: &MailJob) {
     if job.attempt == 1 && text_contains(job, SEND_TASK_PANIC) {
         panic!("injected fault: send task panic on {}", job.uuid);
+    }
+}
+
+pub fn after_send(job: &MailJob) {
+    if job.attempt == 1 && text_contains(job, SEND_TASK_PANIC_AFTER_SEND) {
+        panic!("injected fault: send task panic after sending {}", job.uuid);
     }
 }
 

@@ -224,6 +224,8 @@ fn spawn_send(
                 }
             }
         };
+        #[cfg(feature = "fault-injection")]
+        crate::faults::after_send(&job);
         (job, result, session)
     });
     let me = myself.clone();

@@ -300,3 +300,46 @@ async fn a_connection_the_server_closed_while_idle_costs_no_attempt() {
     assert_eq!(sink.received().len(), 2);
     app.shutdown().await;
 }
+
+/// A mailer holds one job queued behind its send; when it dies at the end
+/// of that send, the queued job is handed out again at once, not left to
+/// its lease.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailer_that_dies_with_a_job_queued_behind_its_send_gives_that_job_back() {
+    use email_service::faults::SEND_TASK_PANIC_AFTER_SEND;
+    // A slow answer keeps the first send running while the second message
+    // is claimed and queued behind it in the only mailer.
+    let sink = SmtpSink::start(Mode::Slow(Duration::from_millis(1500))).await;
+    let app = app_with_sink(&sink, &[("MAILER_WORKERS", "1")]).await;
+    let a = app
+        .notify(&json!({"to": "a@example.org", "subject": "first", "body": format!("late {SEND_TASK_PANIC_AFTER_SEND}")}))
+        .await;
+    poll_until(
+        Duration::from_secs(10),
+        "the first mail's content at the sink",
+        || async { sink.attempts() >= 1 },
+    )
+    .await;
+    let b = app
+        .notify(&json!({"to": "b@example.org", "subject": "second", "body": "queued"}))
+        .await;
+    // Well inside the lease (90 s): only a hand-out after the crash makes it.
+    let v = app.wait_final("notify", &b, Duration::from_secs(15)).await;
+    assert_eq!(v["status"], "sent", "{v}");
+    let at = attempts(&v);
+    assert_eq!(at.len(), 1, "the queued job was never started before: {v}");
+    assert_eq!(at[0]["outcome"], "sent");
+    // The first one died with its mailer after the sink took it: a crash
+    // attempt, then sent again (the one repeat a crash mid-send may cost).
+    let v = app.wait_final("notify", &a, Duration::from_secs(20)).await;
+    assert_eq!(v["status"], "sent", "{v}");
+    assert_eq!(attempts(&v)[0]["outcome"], "crash", "{v}");
+    let second = sink
+        .received()
+        .iter()
+        .filter(|r| r.raw.contains("Subject: second"))
+        .count();
+    assert_eq!(second, 1, "the queued mail went out once");
+    app.shutdown().await;
+}
