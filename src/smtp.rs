@@ -274,20 +274,20 @@ async fn send_gated(
     gate: impl Future<Output = ()>,
 ) -> Result<Response, SmtpError> {
     let info = conn.server_info();
-    let mut options = Vec::new();
     let non_ascii = |a: &lettre::Address| !AsRef::<str>::as_ref(a).is_ascii();
-    if envelope.from().is_some_and(non_ascii) || envelope.to().iter().any(non_ascii) {
-        if !info.supports_feature(Extension::SmtpUtfEight) {
-            gate.await;
-            return conn.send(envelope, email).await;
-        }
+    let utf8 = envelope.from().is_some_and(non_ascii) || envelope.to().iter().any(non_ascii);
+    let eight_bit = !email.is_ascii();
+    if (utf8 && !info.supports_feature(Extension::SmtpUtfEight))
+        || (eight_bit && !info.supports_feature(Extension::EightBitMime))
+    {
+        gate.await;
+        return conn.send(envelope, email).await;
+    }
+    let mut options = Vec::new();
+    if utf8 {
         options.push(MailParameter::SmtpUtfEight);
     }
-    if !email.is_ascii() {
-        if !info.supports_feature(Extension::EightBitMime) {
-            gate.await;
-            return conn.send(envelope, email).await;
-        }
+    if eight_bit {
         options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
     }
     conn.command(Mail::new(envelope.from().cloned(), options))

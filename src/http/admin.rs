@@ -56,12 +56,15 @@ pub struct Asset(usize);
 impl Asset {
     /// The path segments after `admin`: none is the page.
     pub fn parse(rest: &[&str]) -> Option<Self> {
-        let path = match rest {
-            [] => "/admin/".to_owned(),
-            [name] => format!("/admin/{name}"),
+        let name = match rest {
+            [] => "",
+            [name] => name,
             _ => return None,
         };
-        FILES.iter().position(|f| f.0 == path).map(Self)
+        FILES
+            .iter()
+            .position(|f| f.0.strip_prefix("/admin/") == Some(name))
+            .map(Self)
     }
 
     pub fn label(self) -> &'static str {

@@ -44,8 +44,9 @@ pub(super) fn settled_from_row(
 
 /// Runs statements inside one transaction, with `BEGIN`, the statements
 /// and `COMMIT` pipelined: one round trip and one WAL flush for the whole
-/// batch (a lone statement runs on its own, autocommitted). `after` are statements of the same transaction that
-/// follow them (their results unused), such as the batch's webhook events.
+/// batch (a lone statement runs on its own, autocommitted). `after` are
+/// statements of the same transaction that follow them (their results
+/// unused), such as the batch's webhook events.
 /// The commit is synchronous: once it returns, a
 /// claim or an outcome survives a crash of PostgreSQL too, so a mail
 /// recorded as sent is never sent again. A failed statement aborts the

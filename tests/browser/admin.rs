@@ -53,8 +53,20 @@ pub(crate) async fn detail_status(b: &Browser, want: &str) {
     .await;
 }
 
-pub(crate) async fn click(b: &Browser, css: &str) {
-    b.click(css).await;
+/// A browser on the admin page, up, on the tab of `kind`.
+pub(crate) async fn open_page(app: &TestApp, kind: &str) -> Browser {
+    let b = Browser::start().await;
+    b.goto(&app.url("/admin/")).await;
+    b.wait_for(
+        "the page to be up",
+        "return !document.getElementById('app').hidden;",
+        vec![],
+    )
+    .await;
+    if kind == "notify" {
+        b.click(".tab[data-kind=notify]").await;
+    }
+    b
 }
 
 async fn status_of(app: &TestApp, kind: &str, uuid: &str) -> String {
@@ -81,14 +93,7 @@ async fn a_message_posted_through_the_api_appears_and_turns_sent_without_a_reloa
     // A slow SMTP server keeps the message unsent for a few polls.
     let sink = SmtpSink::start(Mode::Slow(Duration::from_secs(4))).await;
     let app = TestApp::builder().sink(&sink).start().await;
-    let b = Browser::start().await;
-    b.goto(&app.url("/admin/")).await;
-    b.wait_for(
-        "the page to be up",
-        "return !document.getElementById('app').hidden;",
-        vec![],
-    )
-    .await;
+    let b = open_page(&app, "contact").await;
     b.js("window.__sameDocument = true;", vec![]).await;
 
     let r = app
@@ -166,18 +171,16 @@ async fn resend_cancel_bulk_cancel_and_the_filters_work_from_the_page() {
     assert_eq!(sent["status"], "sent");
     let sent = sent["uuid"].as_str().unwrap().to_owned();
 
-    let b = Browser::start().await;
-    b.goto(&app.url("/admin/")).await;
-    click(&b, ".tab[data-kind=notify]").await;
+    let b = open_page(&app, "notify").await;
 
     // Cancel a queued message, then resend it: it goes out.
     open_row(&b, &scheduled).await;
     detail_status(&b, "queued").await;
-    click(&b, "#d-cancel").await;
+    b.click("#d-cancel").await;
     wait_status(&app, "notify", &scheduled, "cancelled").await;
     detail_status(&b, "cancelled").await;
     wait_row_status(&b, &scheduled, "cancelled").await;
-    click(&b, "#d-retry").await;
+    b.click("#d-retry").await;
     poll_until(SHOWS_WITHIN, "the resent message at the sink", || async {
         sink.received().iter().any(|m| m.raw.contains(&scheduled))
     })
@@ -187,7 +190,7 @@ async fn resend_cancel_bulk_cancel_and_the_filters_work_from_the_page() {
     // Force a second delivery of a sent one: same Message-ID, twice.
     open_row(&b, &sent).await;
     detail_status(&b, "sent").await;
-    click(&b, "#d-force").await;
+    b.click("#d-force").await;
     poll_until(SHOWS_WITHIN, "a second copy at the sink", || async {
         let n = sink
             .received()
@@ -201,7 +204,8 @@ async fn resend_cancel_bulk_cancel_and_the_filters_work_from_the_page() {
     // A checkbox selection, cancelled in one go.
     for uuid in &bulk {
         row_status(&b, uuid).await;
-        click(&b, &format!("#rows tr[data-uuid=\"{uuid}\"] input.select")).await;
+        b.click(&format!("#rows tr[data-uuid=\"{uuid}\"] input.select"))
+            .await;
     }
     let selected = b
         .js(
@@ -210,7 +214,7 @@ async fn resend_cancel_bulk_cancel_and_the_filters_work_from_the_page() {
         )
         .await;
     assert_eq!(selected, "2 selected");
-    click(&b, "#bulk-cancel").await;
+    b.click("#bulk-cancel").await;
     for uuid in &bulk {
         wait_status(&app, "notify", uuid, "cancelled").await;
         wait_row_status(&b, uuid, "cancelled").await;
@@ -369,7 +373,7 @@ async fn hostile_content_shows_as_text_and_runs_nothing() {
     );
     b.screenshot("admin-hostile-contact").await;
 
-    click(&b, ".tab[data-kind=notify]").await;
+    b.click(".tab[data-kind=notify]").await;
     open_row(&b, &notify).await;
     // The part renders inside its frame, as markup, and runs nothing there.
     b.wait_for(
@@ -449,7 +453,7 @@ async fn with_a_token_set_a_wrong_token_shows_no_data_and_the_right_one_does() {
     .await;
     let token = b.find("#token").await;
     token.send_keys("wrong-token").await.unwrap();
-    click(&b, "#login-form button[type=submit]").await;
+    b.click("#login-form button[type=submit]").await;
     let error = b
         .wait_for(
             "the refusal",
@@ -479,7 +483,7 @@ async fn with_a_token_set_a_wrong_token_shows_no_data_and_the_right_one_does() {
 
     let token = b.find("#token").await;
     token.send_keys("s3cret").await.unwrap();
-    click(&b, "#login-form button[type=submit]").await;
+    b.click("#login-form button[type=submit]").await;
     row_status(&b, &uuid).await;
     let kept = b
         .js(

@@ -10,24 +10,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::admin::{click, detail_status, open_row};
+use crate::admin::{detail_status, open_page as page, open_row};
 use crate::common::{Mode, SmtpSink, TestApp, poll_until};
 use crate::driver::{Browser, SHOWS_WITHIN};
-
-async fn page(app: &TestApp, kind: &str) -> Browser {
-    let b = Browser::start().await;
-    b.goto(&app.url("/admin/")).await;
-    b.wait_for(
-        "the page to be up",
-        "return !document.getElementById('app').hidden;",
-        vec![],
-    )
-    .await;
-    if kind == "notify" {
-        click(&b, ".tab[data-kind=notify]").await;
-    }
-    b
-}
 
 /// Waits until the table lists exactly `want`.
 async fn wait_shown(b: &Browser, what: &str, mut want: Vec<String>) {
@@ -146,11 +131,11 @@ async fn the_detail_pane_shows_the_built_mail_and_each_actions_event() {
 
     // Cancel, then resend: each leaves its event with the request id the
     // API recorded.
-    click(&b, "#d-cancel").await;
+    b.click("#d-cancel").await;
     detail_status(&b, "cancelled").await;
     let events = shown_events(&b, 1).await;
     assert_eq!(events[0].0, "cancelled");
-    click(&b, "#d-retry").await;
+    b.click("#d-retry").await;
     let events = shown_events(&b, 2).await;
     assert_eq!(events[1].0, "resent");
     let recorded: Vec<(String, String)> = app.detail("notify", &uuid).await["events"]
@@ -236,7 +221,7 @@ async fn search_and_dates_narrow_the_table_and_a_bulk_cancel_by_filter_stops_the
         vec![],
     )
     .await;
-    click(&b, "#confirm-go").await;
+    b.click("#confirm-go").await;
     let refused = b
         .wait_for(
             "the refusal of an empty filter",
@@ -270,7 +255,7 @@ async fn search_and_dates_narrow_the_table_and_a_bulk_cancel_by_filter_stops_the
     .await;
 
     // Cancel everything the search matches, after seeing the filter sent.
-    click(&b, "#filter-cancel").await;
+    b.click("#filter-cancel").await;
     let filter = b
         .wait_for(
             "the confirmation",
@@ -292,7 +277,7 @@ async fn search_and_dates_narrow_the_table_and_a_bulk_cancel_by_filter_stops_the
         "{count}"
     );
     b.screenshot("admin-bulk-confirm").await;
-    click(&b, "#confirm-go").await;
+    b.click("#confirm-go").await;
     let counts = b
         .wait_for(
             "the bulk answer",

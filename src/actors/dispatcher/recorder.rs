@@ -226,8 +226,9 @@ impl DispatcherState {
                 "recording outcomes a stopped dispatcher left unwritten"
             );
         }
+        // Still owed in the ledger (`take` leaves outcomes there until they
+        // are recorded): only the writing is ours now.
         for (job, result) in left.unrecorded {
-            self.ledger.owe(&job, &result);
             self.record(myself, InFlight::new(None, job), result, None);
         }
         self.release_orphans(myself, left.unstarted);
